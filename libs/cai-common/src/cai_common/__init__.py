@@ -1,0 +1,1 @@
+"""Shared helpers for Cai services: logging, settings, gRPC server runner."""

@@ -1,0 +1,1 @@
+"""cai_retriever."""

@@ -1,0 +1,1 @@
+"""llm-sim: an OpenAI-compatible simulator (never a real model)."""
