@@ -116,6 +116,28 @@ class IngestSummary(_message.Message):
     errors: _containers.RepeatedCompositeFieldContainer[DocumentError]
     def __init__(self, documents: _Optional[int] = ..., chunks: _Optional[int] = ..., skipped: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[DocumentError, _Mapping]]] = ...) -> None: ...
 
+class DocumentProgress(_message.Message):
+    __slots__ = ("document_id", "source", "outcome", "chunks", "message")
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    document_id: str
+    source: str
+    outcome: str
+    chunks: int
+    message: str
+    def __init__(self, document_id: _Optional[str] = ..., source: _Optional[str] = ..., outcome: _Optional[str] = ..., chunks: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class IngestProgress(_message.Message):
+    __slots__ = ("document", "summary")
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    document: DocumentProgress
+    summary: IngestSummary
+    def __init__(self, document: _Optional[_Union[DocumentProgress, _Mapping]] = ..., summary: _Optional[_Union[IngestSummary, _Mapping]] = ...) -> None: ...
+
 class DeleteDocumentsRequest(_message.Message):
     __slots__ = ("principal", "collection", "document_ids")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]

@@ -46,6 +46,11 @@ class RetrieverStub:
                 request_serializer=cai_dot_v1_dot_retriever__pb2.IngestRequest.SerializeToString,
                 response_deserializer=cai_dot_v1_dot_retriever__pb2.IngestSummary.FromString,
                 _registered_method=True)
+        self.IngestWithProgress = channel.stream_stream(
+                '/cai.v1.Retriever/IngestWithProgress',
+                request_serializer=cai_dot_v1_dot_retriever__pb2.IngestRequest.SerializeToString,
+                response_deserializer=cai_dot_v1_dot_retriever__pb2.IngestProgress.FromString,
+                _registered_method=True)
         self.DeleteDocuments = channel.unary_unary(
                 '/cai.v1.Retriever/DeleteDocuments',
                 request_serializer=cai_dot_v1_dot_retriever__pb2.DeleteDocumentsRequest.SerializeToString,
@@ -81,6 +86,14 @@ class RetrieverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IngestWithProgress(self, request_iterator, context):
+        """Like Ingest, but streams each document's outcome as soon as it is written, then the summary
+        (used by `cai ingest` for its progress bar).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteDocuments(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -111,6 +124,11 @@ def add_RetrieverServicer_to_server(servicer, server):
                     servicer.Ingest,
                     request_deserializer=cai_dot_v1_dot_retriever__pb2.IngestRequest.FromString,
                     response_serializer=cai_dot_v1_dot_retriever__pb2.IngestSummary.SerializeToString,
+            ),
+            'IngestWithProgress': grpc.stream_stream_rpc_method_handler(
+                    servicer.IngestWithProgress,
+                    request_deserializer=cai_dot_v1_dot_retriever__pb2.IngestRequest.FromString,
+                    response_serializer=cai_dot_v1_dot_retriever__pb2.IngestProgress.SerializeToString,
             ),
             'DeleteDocuments': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteDocuments,
@@ -184,6 +202,33 @@ class Retriever:
             '/cai.v1.Retriever/Ingest',
             cai_dot_v1_dot_retriever__pb2.IngestRequest.SerializeToString,
             cai_dot_v1_dot_retriever__pb2.IngestSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestWithProgress(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cai.v1.Retriever/IngestWithProgress',
+            cai_dot_v1_dot_retriever__pb2.IngestRequest.SerializeToString,
+            cai_dot_v1_dot_retriever__pb2.IngestProgress.FromString,
             options,
             channel_credentials,
             insecure,
