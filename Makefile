@@ -18,6 +18,26 @@ install: ## Install uv, the locked workspace and torch (CPU build) into .venv
 	@# torch is kept out of the lock: a resolved `torch` is a multi-GB CUDA build. 2.13.0 is a CPU build.
 	@$(PY) -c "import torch" 2>/dev/null || python3 -m pip --python $(PY) install --quiet torch==2.13.0
 
+.PHONY: up
+up: install ## Start Cai locally (Redis 8, llm-sim, retriever, orchestrator, gateway) and print how to chat
+	$(PY) -m cai_devstack up
+
+.PHONY: down
+down: ## Stop exactly what `make up` started
+	@if [ -x $(PY) ]; then $(PY) -m cai_devstack down; else echo "Nothing was running."; fi
+
+.PHONY: status
+status: ## Show which of Cai's local processes are running
+	$(PY) -m cai_devstack status
+
+.PHONY: test
+test: install proto-check lint ## Everything CI runs: proto check, lint, type check, all tests
+	$(PY) -m pytest
+
+.PHONY: test-fast
+test-fast: ## Unit and integration tests only (no end-to-end or chaos)
+	$(PY) -m pytest -m "not e2e and not chaos"
+
 .PHONY: lock
 lock: ## Re-resolve uv.lock
 	$(UV) lock
@@ -43,3 +63,5 @@ lint: ## ruff + mypy
 fmt: ## Format and fix imports
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+-include mk/*.mk

@@ -1,0 +1,114 @@
+"""A grpc.aio server runner: health service, SIGTERM drain, metrics and client channel options."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+OVERALL = ""  # the health service name that stands for the whole server
+
+
+def server_options(max_connection_age_s: float = 300.0) -> list[tuple[str, int]]:
+    """Server channel args: bounded connection age so round_robin clients rebalance."""
+    age_ms = int(max_connection_age_s * 1000)
+    return [
+        ("grpc.max_connection_age_ms", age_ms),
+        ("grpc.max_connection_age_grace_ms", 30_000),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ]
+
+
+def client_channel(
+    target: str, interceptors: Iterable[grpc.aio.ClientInterceptor] = ()
+) -> grpc.aio.Channel:
+    """An insecure aio channel with round_robin load balancing over every resolved address.
+
+    Use `dns:///host:port` targets in Kubernetes (headless Services) so each pod is a subchannel.
+    """
+    options = [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ]
+    return grpc.aio.insecure_channel(target, options=options, interceptors=list(interceptors))
+
+
+class GrpcService:
+    """Runs a grpc.aio server until SIGTERM/SIGINT, then drains.
+
+    Health tells the truth: the overall status stays NOT_SERVING until `set_serving(True)` is
+    called (by the service, once its dependencies answer), and turns NOT_SERVING first on shutdown.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        host: str = "0.0.0.0",
+        max_connection_age_s: float = 300.0,
+        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self.name = name
+        self.server = grpc.aio.server(
+            options=server_options(max_connection_age_s), interceptors=list(interceptors)
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.stopping = asyncio.Event()
+
+    def add(self, full_name: str, register: Callable[[grpc.aio.Server], None]) -> None:
+        """Register a servicer under its full proto service name (used by health and reflection)."""
+        register(self.server)
+        self._service_names.append(full_name)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Set the overall and per-service health status."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in [OVERALL, *self._service_names[2:]]:
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        """Start listening; health is NOT_SERVING until the service says otherwise."""
+        reflection.enable_server_reflection(self._service_names, self.server)
+        await self.set_serving(False)
+        await self.server.start()
+        log.info("grpc server listening", extra={"port": self.port, "server": self.name})
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT set `stopping`; the caller's `run` loop then drains."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+
+    async def run(
+        self,
+        grace_s: float,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Serve until `stopping` is set, then: NOT_SERVING, `on_stop` (drain work), stop(grace)."""
+        await self.stopping.wait()
+        log.info("shutting down", extra={"grace_s": grace_s, "server": self.name})
+        await self.health.enter_graceful_shutdown()
+        if on_stop is not None:
+            await on_stop()
+        await self.server.stop(grace_s)
+        log.info("stopped", extra={"server": self.name})

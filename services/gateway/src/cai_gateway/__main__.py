@@ -1,0 +1,29 @@
+"""Entry point: `python -m cai_gateway`."""
+
+from __future__ import annotations
+
+import uvicorn
+from cai_common.logging import setup_logging
+
+
+def main() -> None:
+    """Load settings, set up logging, serve."""
+    from cai_gateway.app import create_app
+    from cai_gateway.config import Settings
+
+    settings = Settings()
+    setup_logging("gateway", settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""RFC 9457 problem details for every error the gateway returns."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "https://cai.dev/problems/"
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+GRPC_TO_HTTP = {
+    grpc.StatusCode.INVALID_ARGUMENT: 422,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 404,  # never reveal that another tenant's id exists
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.CANCELLED: 503,
+}
+
+
+class Problem(Exception):
+    """An error response in problem-details form."""
+
+    def __init__(
+        self, status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+
+def problem_body(status: int, detail: str, **extra: Any) -> dict[str, Any]:
+    """The JSON body of a problem."""
+    title = _TITLES.get(status, "Error")
+    return {
+        "type": PROBLEM_TYPE + title.lower().replace(" ", "-"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+
+
+def problem_response(
+    status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """A problem+json response."""
+    return JSONResponse(
+        problem_body(status, detail, **extra),
+        status_code=status,
+        headers=headers,
+        media_type="application/problem+json",
+    )
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError) -> Problem:
+    """Map an orchestrator/retriever gRPC error onto an HTTP problem."""
+    code = exc.code()
+    status = GRPC_TO_HTTP.get(code, 502)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        detail = "The orchestrator is unavailable; try again shortly"
+        return Problem(status, detail, headers={"Retry-After": "1"})
+    if status == 502:
+        log.warning("upstream error", extra={"code": code.name, "detail": exc.details()})
+        return Problem(502, "The orchestrator failed to answer")
+    return Problem(status, exc.details() or code.name)
+
+
+def install(app: FastAPI) -> None:
+    """Register handlers so no error escapes as a traceback or a bare 500."""
+
+    @app.exception_handler(Problem)
+    async def _problem(_: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc.status, exc.detail, exc.headers, **exc.extra)
+
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def _rpc(_: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+        p = from_rpc_error(exc)
+        return problem_response(p.status, p.detail, p.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return problem_response(422, f"{where}: {first['msg']}", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers) if exc.headers else None
+        return problem_response(exc.status_code, str(exc.detail), headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return problem_response(500, "An unexpected error occurred; it has been logged")

@@ -1,0 +1,32 @@
+"""Entry point: `python -m cai_orchestrator`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from cai_common.logging import setup_logging
+
+
+def main() -> None:
+    """Load settings, set up logging, serve."""
+    from cai_orchestrator.assistants import AssistantsError
+    from cai_orchestrator.checkpoint import CheckpointerError
+    from cai_orchestrator.config import Settings
+    from cai_orchestrator.server import serve
+
+    settings = Settings()
+    setup_logging("orchestrator", settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except (CheckpointerError, AssistantsError) as exc:
+        logging.getLogger("cai_orchestrator").error(str(exc))
+        sys.stderr.write(f"cai-orchestrator: {exc}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

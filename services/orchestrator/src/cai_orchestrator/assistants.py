@@ -1,0 +1,82 @@
+"""Assistants (personas): system prompt, model and limits, from a YAML file or the default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cai_orchestrator.graph import DEFAULT_SYSTEM_PROMPT
+
+
+class Assistant(BaseModel):
+    """One persona."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = ""
+    description: str = ""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    model: str = ""
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    recursion_limit: int = Field(default=10, ge=1, le=200)
+
+    def configurable(self) -> dict[str, Any]:
+        """What the graph reads from `config["configurable"]`."""
+        return {
+            "system_prompt": self.system_prompt,
+            "model": self.model,
+            "temperature": self.temperature,
+        }
+
+
+class AssistantsError(ValueError):
+    """The assistants file is invalid; the message names the bad field."""
+
+
+DEFAULT = Assistant(id="chat", name="Chat", description="Cai's default assistant")
+
+
+class Assistants:
+    """The registry, looked up by id."""
+
+    def __init__(self, items: list[Assistant]) -> None:
+        self.by_id = {a.id: a for a in items}
+
+    @classmethod
+    def load(cls, path: str) -> Assistants:
+        """Load from a YAML file (a list, or {"assistants": [...]}); the default when empty.
+
+        Raises:
+            AssistantsError: the file is missing, not YAML, or has an invalid field.
+        """
+        if not path:
+            return cls([DEFAULT])
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise AssistantsError(f"cannot read assistants file {path}: {exc}") from exc
+        if isinstance(raw, dict):
+            raw = raw.get("assistants")
+        if not isinstance(raw, list) or not raw:
+            raise AssistantsError(f"{path}: expected a non-empty list of assistants")
+        items = []
+        for i, entry in enumerate(raw):
+            try:
+                items.append(Assistant.model_validate(entry))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise AssistantsError(f"{path}: assistants[{i}].{where}: {first['msg']}") from exc
+        ids = [a.id for a in items]
+        dupes = sorted({x for x in ids if ids.count(x) > 1})
+        if dupes:
+            raise AssistantsError(f"{path}: duplicate assistant id(s): {', '.join(dupes)}")
+        return cls(items)
+
+    def get(self, assistant_id: str) -> Assistant | None:
+        """The assistant, or None."""
+        return self.by_id.get(assistant_id)

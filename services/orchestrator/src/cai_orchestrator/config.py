@@ -1,0 +1,60 @@
+"""Orchestrator settings (environment variables, upper-case field names)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from cai_common.settings import ServiceSettings
+from pydantic import Field
+
+
+def _default_replica_id() -> str:
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}:{os.getpid()}"
+
+
+class Settings(ServiceSettings):
+    """Everything the orchestrator reads from its environment."""
+
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 50051
+    metrics_port: int = 9464
+    grpc_max_connection_age_seconds: float = 300.0
+    shutdown_grace_seconds: float = 30.0
+
+    # Queue, event logs and run records: any Redis >= 7.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Thread checkpoints: redis:// (Redis 8 / Stack: RedisJSON + RediSearch), postgresql://, memory://.
+    # Empty: the same as redis_url.
+    checkpoint_url: str = ""
+
+    openai_base_url: str = "http://127.0.0.1:8090/v1"
+    openai_api_key: str = "sim-key"
+    default_model: str = "cai-sim"
+    llm_timeout_seconds: float = 60.0
+    llm_max_retries: int = 2
+
+    retriever_addr: str = "127.0.0.1:50052"
+    assistants_file: str = ""
+
+    # Identity of this replica in run records and as the queue consumer name.
+    replica_id: str = Field(default_factory=_default_replica_id)
+    # Runs executed at once by this replica; the rest wait in the queue.
+    max_concurrent_runs: int = 100
+    # How long a worker's lease lives without a heartbeat; a dead worker's runs are reclaimed after.
+    lease_seconds: float = 10.0
+    max_attempts: int = 3
+    # Per-run deadline (status "timeout").
+    run_timeout_seconds: float = 600.0
+    # Token deltas are coalesced for this long into one Redis write.
+    coalesce_ms: float = 5.0
+    # Event logs and run records live this long after a run ends.
+    event_log_ttl_seconds: int = 3600
+    run_record_ttl_seconds: int = 7 * 24 * 3600
+    # How long StreamRun waits for a new event before sending an empty heartbeat reply.
+    stream_heartbeat_seconds: float = 10.0
+
+    @property
+    def effective_checkpoint_url(self) -> str:
+        """The checkpointer URL, defaulting to the queue's Redis."""
+        return self.checkpoint_url or self.redis_url

@@ -1,0 +1,77 @@
+"""Protobuf ↔ domain objects. The only module besides servicers that sees *_pb2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from cai.v1 import orchestrator_pb2 as pb
+
+from cai_orchestrator.store import NewRun
+
+
+class InvalidRequest(ValueError):
+    """A field of the request is invalid; the message names it."""
+
+
+def json_field(raw: bytes, name: str, default: Any = None, kind: type | None = dict) -> Any:
+    """Decode a JSON bytes field; empty means `default`."""
+    if not raw:
+        return default
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"{name} is not valid JSON: {exc}") from exc
+    if value is None:
+        return default
+    if kind is not None and not isinstance(value, kind):
+        raise InvalidRequest(f"{name} must be a JSON {kind.__name__}")
+    return value
+
+
+def tenant_of(principal: Any) -> str:
+    """The caller's tenant; required on every request."""
+    tenant = principal.tenant_id if principal is not None else ""
+    if not tenant:
+        raise InvalidRequest("principal.tenant_id is required")
+    return tenant
+
+
+def new_run(req: pb.CreateRunRequest, stream_modes: list[str]) -> NewRun:
+    """Validate a CreateRunRequest into a NewRun."""
+    tenant = tenant_of(req.principal)
+    command = json_field(req.command_json, "command")
+    run_input = json_field(req.input_json, "input", kind=None)
+    if run_input is not None and not isinstance(run_input, dict):
+        raise InvalidRequest("input must be a JSON object or null")
+    if run_input is None and not command:
+        raise InvalidRequest("a run needs an input or a command")
+    config = json_field(req.config_json, "config", {})
+    metadata = json_field(req.metadata_json, "metadata", {})
+    kwargs = {
+        "input": run_input,
+        "command": command,
+        "config": config,
+        "stream_mode": stream_modes,
+        "on_disconnect": req.on_disconnect or "continue",
+        "stream_resumable": req.stream_resumable,
+    }
+    return NewRun(
+        tenant=tenant,
+        thread_id=req.thread_id,
+        assistant_id=req.assistant_id or "chat",
+        kwargs=kwargs,
+        metadata=metadata,
+        multitask_strategy=req.multitask_strategy or "enqueue",
+        if_not_exists=req.if_not_exists or "reject",
+        idempotency_key=req.idempotency_key,
+        temporary=not req.thread_id,
+        trace=dict(req.trace_context),
+    )
+
+
+def json_reply(obj: Any) -> pb.JsonReply:
+    """A JsonReply from a JSON-able object."""
+    from cai_orchestrator.events import dumps
+
+    return pb.JsonReply(json=dumps(obj))

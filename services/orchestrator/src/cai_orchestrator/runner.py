@@ -1,0 +1,95 @@
+"""Executes one run's graph and turns its stream into events."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from langchain_core.messages import AIMessageChunk
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command
+
+from cai_orchestrator.events import EventWriter, dumps
+from cai_orchestrator.store import RunRecord
+
+# LangGraph Server stream modes → graph stream modes. "messages-tuple" is the graph's "messages".
+SUPPORTED_STREAM_MODES = {
+    "values": "values",
+    "updates": "updates",
+    "messages-tuple": "messages",
+    "custom": "custom",
+}
+
+
+def graph_input(run: RunRecord) -> Any:
+    """The input, or a Command when the run resumes an interrupted thread."""
+    command = run.kwargs.get("command")
+    if command:
+        return Command(**command)
+    return run.kwargs.get("input")
+
+
+def run_config(run: RunRecord, assistant_config: dict[str, Any]) -> RunnableConfig:
+    """RunnableConfig for the run: the assistant's settings under the request's overrides."""
+    requested = run.kwargs.get("config") or {}
+    configurable = {
+        **assistant_config,
+        **(requested.get("configurable") or {}),
+        "thread_id": run.thread_id,
+        "run_id": run.run_id,
+        "assistant_id": run.assistant_id,
+        "tenant_id": run.tenant,
+    }
+    config: RunnableConfig = {
+        "configurable": configurable,
+        "recursion_limit": int(requested.get("recursion_limit") or 10),
+        "metadata": {**run.metadata, "run_id": run.run_id, "thread_id": run.thread_id},
+        "run_id": uuid.UUID(run.run_id),
+    }
+    if requested.get("tags"):
+        config["tags"] = list(requested["tags"])
+    return config
+
+
+async def execute(
+    graph: CompiledStateGraph,
+    run: RunRecord,
+    writer: EventWriter,
+    assistant_config: dict[str, Any],
+) -> None:
+    """Stream the graph for `run`, writing one event per streamed part."""
+    requested = run.kwargs.get("stream_mode") or ["values"]
+    modes = list(
+        dict.fromkeys(SUPPORTED_STREAM_MODES[m] for m in requested if m in SUPPORTED_STREAM_MODES)
+    )
+    if not modes:
+        modes = ["values"]
+    last_meta: Any = None
+    last_meta_bytes = b"{}"
+    config = run_config(run, assistant_config)
+    stream = graph.astream(
+        graph_input(run),
+        config,
+        stream_mode=modes,  # type: ignore[arg-type]  # validated against SUPPORTED_STREAM_MODES
+    )
+    part: Any
+    async for part in stream:
+        mode, chunk = part  # with a list of modes, every part is (mode, chunk)
+        if mode == "messages":
+            message, metadata = chunk
+            if metadata is not last_meta:
+                last_meta, last_meta_bytes = metadata, dumps(metadata)
+            if (
+                type(message) is AIMessageChunk
+                and isinstance(message.content, str)
+                and not message.tool_call_chunks
+                and not message.response_metadata
+                and not message.usage_metadata
+            ):
+                if message.content:
+                    await writer.token(message.id or "", message.content, last_meta_bytes)
+                continue
+            await writer.emit("messages", b"[" + dumps(message) + b"," + last_meta_bytes + b"]")
+        else:
+            await writer.emit(mode, dumps(chunk))

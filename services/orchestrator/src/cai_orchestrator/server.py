@@ -1,0 +1,111 @@
+"""Builds the orchestrator (Redis, checkpointer, graph, worker, gRPC) and serves until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from cai.v1 import orchestrator_pb2_grpc
+from cai_common.grpc_server import GrpcService
+from cai_common.metrics import start_metrics_server
+from cai_common.settings import redact_url
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from cai_orchestrator.assistants import Assistants
+from cai_orchestrator.checkpoint import open_checkpointer
+from cai_orchestrator.config import Settings
+from cai_orchestrator.events import LogTailer
+from cai_orchestrator.graph import build_graph
+from cai_orchestrator.llm import ModelFactory
+from cai_orchestrator.servicers.orchestrator import OrchestratorServicer
+from cai_orchestrator.store import RunStore
+from cai_orchestrator.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+def redis_client(url: str, **kwargs: object) -> Redis:
+    """A Redis client that fails fast and retries nothing on its own (callers back off)."""
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        health_check_interval=15,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def _watch_health(service: GrpcService, redis: Redis, worker: Worker) -> None:
+    """SERVING only while Redis answers and the worker reads the queue."""
+    serving: bool | None = None
+    while True:
+        try:
+            ok = bool(await redis.ping()) and worker.ready.is_set()
+        except (RedisError, OSError):
+            ok = False
+        if ok != serving:
+            await service.set_serving(ok)
+            log.info("health changed", extra={"serving": ok})
+            serving = ok
+        await asyncio.sleep(0.5)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the orchestrator until SIGTERM/SIGINT."""
+    assistants = Assistants.load(settings.assistants_file)
+    redis = redis_client(settings.redis_url)
+    tail_redis = redis_client(settings.redis_url, max_connections=1)
+    await redis.ping()
+    log.info("redis connected", extra={"url": redact_url(settings.redis_url)})
+    start_metrics_server(settings.metrics_port)
+
+    async with open_checkpointer(settings.effective_checkpoint_url) as checkpointer:
+        graph = build_graph(ModelFactory(settings), checkpointer)
+        store = RunStore(redis, settings.run_record_ttl_seconds)
+        tailer = LogTailer(tail_redis, redis, settings.replica_id)
+        worker = Worker(
+            settings,
+            redis,
+            store,
+            graph,
+            lambda aid: a.configurable() if (a := assistants.get(aid)) else {},
+        )
+        service = GrpcService(
+            "orchestrator",
+            settings.grpc_port,
+            settings.grpc_host,
+            settings.grpc_max_connection_age_seconds,
+        )
+        servicer = OrchestratorServicer(
+            store,
+            tailer,
+            graph,
+            assistants,
+            worker.cancel_local,
+            settings.event_log_ttl_seconds,
+            settings.stream_heartbeat_seconds,
+        )
+        service.add(
+            "cai.v1.Orchestrator",
+            lambda s: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(servicer, s),
+        )
+        await worker.ensure_group()
+        tailer.start()
+        worker.start()
+        await service.start()
+        service.install_signal_handlers()
+        health = asyncio.create_task(_watch_health(service, redis, worker))
+
+        async def drain() -> None:
+            health.cancel()
+            await worker.shutdown(settings.shutdown_grace_seconds)
+
+        try:
+            await service.run(settings.shutdown_grace_seconds, drain)
+        finally:
+            health.cancel()
+            await tailer.stop()
+            with contextlib.suppress(RedisError, OSError):
+                await redis.aclose()
+                await tail_redis.aclose()

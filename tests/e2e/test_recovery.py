@@ -1,0 +1,48 @@
+"""A gateway whose orchestrator is down answers 503 and recovers by itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from cai_devstack.stack import Stack, StackConfig
+
+
+@pytest.fixture
+def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    config = StackConfig.ephemeral(tmp_path_factory.mktemp("recovery"), with_retriever=False)
+    s = Stack(config)
+    s.up(timeout=120)
+    try:
+        yield s
+    finally:
+        s.down()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def test_orchestrator_down_means_503_then_recovery(small_stack: Stack) -> None:
+    url = small_stack.gateway_url()
+    assert httpx.get(f"{url}/readyz").status_code == 200
+    small_stack.procs["orchestrator"].stop()
+
+    eventually(lambda: httpx.get(f"{url}/readyz").status_code == 503)
+    ready = httpx.get(f"{url}/readyz")
+    assert ready.headers["content-type"].startswith("application/problem+json")
+    created = httpx.post(f"{url}/threads", json={}, timeout=10)
+    assert created.status_code == 503
+    assert created.json()["status"] == 503 and created.headers.get("retry-after")
+    assert httpx.get(f"{url}/healthz").status_code == 200  # alive, just not ready
+
+    small_stack.start(small_stack.orchestrator_proc(0), timeout=60)
+    eventually(lambda: httpx.get(f"{url}/readyz").status_code == 200)
+    assert httpx.post(f"{url}/threads", json={}, timeout=10).status_code == 200

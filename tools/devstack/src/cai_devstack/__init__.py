@@ -1,0 +1,1 @@
+"""Cai's local stack for development, tests and benchmarks (never deployed)."""
