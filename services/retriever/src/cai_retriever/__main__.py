@@ -1,0 +1,21 @@
+"""Entry point: `python -m cai_retriever` (console script `cai-retriever`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+def main() -> None:
+    """Load settings, set up logging and serve until SIGTERM."""
+    from cai_common.logging import setup_logging
+
+    from cai_retriever.config import Settings
+    from cai_retriever.server import serve
+
+    settings = Settings()
+    setup_logging("retriever", settings.log_level)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()
