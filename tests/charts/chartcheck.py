@@ -68,7 +68,9 @@ def load_values(path: Path | None) -> dict[str, Any]:
 def lint(values: dict[str, Any] | None = None) -> list[str]:
     """`helm lint --strict`: every warning or error, as text (info messages do not count)."""
     report = helm.lint(CHART, values or None, strict=True, kube_version=f"v{KUBE_VERSION}")
-    problems = [f"{m['path']}: {m['error'].strip()}" for m in report["messages"] if m["severity"] >= 2]
+    problems = [
+        f"{m['path']}: {m['error'].strip()}" for m in report["messages"] if m["severity"] >= 2
+    ]
     problems += [e.strip() for e in report.get("errors") or [] if e.strip() not in str(problems)]
     return problems
 
@@ -251,7 +253,9 @@ def main() -> int:
             objs = render_objects(values)
             problems = validate_all(objs)
         status = "ok" if not problems else "FAILED"
-        print(f"{name:<14} {status:<7} {len(objs):>3} objects validated (Kubernetes {KUBE_VERSION})")
+        print(
+            f"{name:<14} {status:<7} {len(objs):>3} objects validated (Kubernetes {KUBE_VERSION})"
+        )
         for problem in problems:
             print(f"    {problem}")
         failed |= bool(problems)

@@ -17,12 +17,18 @@ automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken 
 {{- end }}
 {{- end }}
 
-{{/* Whether the component's replica count is managed by an HPA (ours or KEDA's). */}}
+{{/* Whether the chart renders an HPA for the component. */}}
 {{- define "cai.hpaEnabled" -}}
 {{- $v := index .root.Values .component }}
 {{- if and (eq .component "retriever") (eq .root.Values.qdrant.mode "embedded") }}
 {{- else if and (eq .component "orchestrator") .root.Values.orchestrator.keda.enabled }}
 {{- else if $v.autoscaling.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Whether something else (our HPA or KEDA's) owns the replica count: then the Deployment must
+not set `replicas`, or every upgrade would reset it. */}}
+{{- define "cai.replicasManaged" -}}
+{{- if or (include "cai.hpaEnabled" .) (and (eq .component "orchestrator") .root.Values.orchestrator.keda.enabled) }}true{{ end }}
 {{- end }}
 
 {{- define "cai.hpa" -}}

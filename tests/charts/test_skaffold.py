@@ -1,0 +1,144 @@
+"""skaffold.yaml validates against the vendored v4beta14 schema and wires images into the chart."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import chartcheck
+import pytest
+import yaml
+
+from conftest import one, render
+
+SKAFFOLD = chartcheck.REPO / "skaffold.yaml"
+DOC = yaml.safe_load(SKAFFOLD.read_text())
+
+
+def test_skaffold_yaml_validates() -> None:
+    assert DOC["apiVersion"] == "skaffold/v4beta14"
+    assert chartcheck.skaffold_problems(SKAFFOLD) == []
+
+
+def test_skaffold_schema_bites(tmp_path: Path) -> None:
+    bad = dict(DOC, build={**DOC["build"], "artifact": []})
+    path = tmp_path / "skaffold.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    assert any("artifact" in p for p in chartcheck.skaffold_problems(path))
+    path.write_text(yaml.safe_dump(dict(DOC, apiVersion="skaffold/v9")))
+    assert chartcheck.skaffold_problems(path) == [
+        "apiVersion 'skaffold/v9': no vendored schema, not validated"
+    ]
+
+
+def test_three_artifacts_built_from_the_repo_root() -> None:
+    artifacts = {a["image"]: a for a in DOC["build"]["artifacts"]}
+    assert set(artifacts) == {"cai-gateway", "cai-orchestrator", "cai-retriever"}
+    for image, artifact in artifacts.items():
+        assert artifact["context"] == "."
+        assert (chartcheck.REPO / artifact["docker"]["dockerfile"]).is_file(), image
+
+
+def _release(doc: dict) -> dict:
+    (release,) = doc["deploy"]["helm"]["releases"]
+    return release
+
+
+def _apply_patches(doc: dict, patches: list[dict]) -> dict:
+    """The JSON-patch `add` operations skaffold applies for a profile."""
+    import copy
+
+    out = copy.deepcopy(doc)
+    for patch in patches:
+        assert patch["op"] == "add"
+        *parents, last = patch["path"].strip("/").split("/")
+        node = out
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if last == "-":
+            node.append(patch["value"])
+        else:
+            node[last] = patch["value"]
+    return out
+
+
+def _template_values(release: dict) -> dict:
+    """setValueTemplates with skaffold's template fields filled in, as nested chart values."""
+    values: dict = {}
+    for key, template in release.get("setValueTemplates", {}).items():
+        value = re.sub(r"\{\{\.IMAGE_REPO_\w+\}\}", "registry.local/img", template)
+        value = re.sub(r"\{\{\.IMAGE_TAG_\w+\}\}", "abc123", value)
+        value = re.sub(r"\{\{\.IMAGE_DIGEST_\w+\}\}", "sha256:" + "0" * 64, value)
+        chartcheck_set(values, key, value)
+    for key, value in release.get("setValues", {}).items():
+        chartcheck_set(values, key, value)
+    return values
+
+
+def chartcheck_set(values: dict, dotted: str, value: object) -> None:
+    node = values
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def test_helm_release_overrides_every_image() -> None:
+    release = _release(DOC)
+    assert release["chartPath"] == "charts/cai"
+    templates = release["setValueTemplates"]
+    for artifact in DOC["build"]["artifacts"]:
+        key = artifact["image"].replace("-", "_")
+        component = artifact["image"].removeprefix("cai-")
+        assert templates[f"{component}.image.repository"] == f"{{{{.IMAGE_REPO_{key}}}}}"
+        assert (
+            templates[f"{component}.image.tag"]
+            == f"{{{{.IMAGE_TAG_{key}}}}}@{{{{.IMAGE_DIGEST_{key}}}}}"
+        )
+    objs = render(_template_values(release))
+    (c,) = one(objs, "Deployment", "cai-gateway")["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "registry.local/img:abc123@sha256:" + "0" * 64
+    assert chartcheck.validate_all(objs) == []
+
+
+@pytest.mark.parametrize("profile", ["dev", "prod"])
+def test_profiles_render_valid_releases(profile: str) -> None:
+    (prof,) = [p for p in DOC["profiles"] if p["name"] == profile]
+    doc = _apply_patches(DOC, prof["patches"])
+    release = _release(doc)
+    values: dict = {}
+    for path in release.get("valuesFiles", []):
+        values = yaml.safe_load((chartcheck.REPO / path).read_text())
+    for key, value in _template_values(release).items():
+        values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
+    objs = render(values)
+    assert chartcheck.validate_all(objs) == []
+    images = {a["image"] for a in doc["build"]["artifacts"]}
+    if profile == "dev":
+        assert "cai-llm-sim" in images
+        one(objs, "Deployment", "cai-llm-sim")
+    else:
+        one(objs, "ScaledObject", "cai-orchestrator")
+
+
+def test_gateway_is_port_forwarded() -> None:
+    (forward,) = DOC["portForward"]
+    assert forward["resourceType"] == "service"
+    svc = one(render({}), "Service", forward["resourceName"])
+    assert forward["port"] in [p["port"] for p in svc["spec"]["ports"]]
+    assert forward["namespace"] == _release(DOC)["namespace"]
+
+
+def test_vendored_schemas_match_their_upstream_blobs() -> None:
+    """Each vendored file is byte-for-byte the upstream blob named in SOURCES.md."""
+    rows = re.findall(
+        r"^\| (\S+) \| (\d+) \| [^|]+ \| [^|]+ \| [0-9a-f]{40} \| ([0-9a-f]{40}) \|",
+        (chartcheck.SCHEMAS / "SOURCES.md").read_text(),
+        flags=re.M,
+    )
+    assert len(rows) == 5
+    for name, size, blob in rows:
+        data = (chartcheck.SCHEMAS / name).read_bytes()
+        assert len(data) == int(size), name
+        assert hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == blob, name
