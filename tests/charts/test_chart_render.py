@@ -8,8 +8,7 @@ from typing import Any
 
 import chartcheck
 import pytest
-
-from conftest import env_of, find, one, render, render_text, scenario_values
+from charthelpers import env_of, find, one, render, render_text, scenario_values
 
 SERVICES = ("gateway", "orchestrator", "retriever")
 WORKLOADS = ("Deployment", "StatefulSet")

@@ -9,8 +9,7 @@ from pathlib import Path
 import chartcheck
 import pytest
 import yaml
-
-from conftest import one, render
+from charthelpers import one, render
 
 SKAFFOLD = chartcheck.REPO / "skaffold.yaml"
 DOC = yaml.safe_load(SKAFFOLD.read_text())

@@ -8,8 +8,7 @@ from typing import Any
 
 import chartcheck
 import yaml
-
-from conftest import find, one, render, scenario_values
+from charthelpers import find, one, render, scenario_values
 
 RUNBOOKS = chartcheck.REPO / "docs" / "runbooks.md"
 ALERT_FILES = sorted((chartcheck.CHART / "files" / "alerts").glob("*.yaml"))

@@ -16,8 +16,7 @@ from typing import Any
 
 import chartcheck
 import pytest
-
-from conftest import env_of, find, one, render
+from charthelpers import env_of, find, one, render
 
 SCRIPT = chartcheck.CHART / "files" / "tests" / "chat.py"
 KEY = "test-key-123"
