@@ -195,7 +195,8 @@ def test_keda_scales_on_queue_lag_with_the_redis_password(production_objs: list)
     assert meta["enableTLS"] == "true"
     auth = one(production_objs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
     assert auth["spec"]["secretTargetRef"] == [
-        {"parameter": "password", "name": "cai-redis", "key": "redis-password"}
+        {"parameter": "password", "name": "cai-redis", "key": "redis-password"},
+        {"parameter": "username", "name": "cai-redis", "key": "redis-username"},
     ]
 
 
