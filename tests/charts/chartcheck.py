@@ -12,7 +12,6 @@ Used by the pytest suite in this folder and, as a script, by `make chart-lint`:
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import re
@@ -230,16 +229,13 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
     return obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]
 
 
-def merged(values: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    """values with dotted-path overrides, e.g. merged(v, **{"gateway.replicaCount": 3})."""
-    out = copy.deepcopy(values)
-    for dotted, value in overrides.items():
-        node = out
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return out
+def set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set a value by Helm's dotted path (as `--set a.b=c` does), creating maps on the way."""
+    node = values
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
 
 
 def main() -> int:

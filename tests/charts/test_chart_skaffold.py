@@ -69,18 +69,10 @@ def _template_values(release: dict) -> dict:
         value = re.sub(r"\{\{\.IMAGE_REPO_\w+\}\}", "registry.local/img", template)
         value = re.sub(r"\{\{\.IMAGE_TAG_\w+\}\}", "abc123", value)
         value = re.sub(r"\{\{\.IMAGE_DIGEST_\w+\}\}", "sha256:" + "0" * 64, value)
-        chartcheck_set(values, key, value)
+        chartcheck.set_dotted(values, key, value)
     for key, value in release.get("setValues", {}).items():
-        chartcheck_set(values, key, value)
+        chartcheck.set_dotted(values, key, value)
     return values
-
-
-def chartcheck_set(values: dict, dotted: str, value: object) -> None:
-    node = values
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
 
 
 def test_helm_release_overrides_every_image() -> None:
