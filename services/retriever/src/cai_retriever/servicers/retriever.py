@@ -18,7 +18,7 @@ from cai_retriever.errors import (
     RetrieverError,
     Unavailable,
 )
-from cai_retriever.models import Document, IngestReport
+from cai_retriever.models import Document, DocumentResult, IngestReport
 from cai_retriever.service import KnowledgeBase
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServicer):
         self,
         request_iterator: AsyncIterable[retriever_pb2.IngestRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator:
+    ) -> AsyncIterator[DocumentResult]:
         iterator = aiter(request_iterator)
         first = await anext(iterator, None)
         if first is None:
