@@ -126,3 +126,14 @@ async def test_thread_ids_are_unique(store: RunStore) -> None:
     assert err.value.code == "already_exists"
     same = await store.create_thread("t1", thread.thread_id, {}, "do_nothing")
     assert same.thread_id == thread.thread_id
+
+
+async def test_terminal_event_and_final_status_land_together(store: RunStore) -> None:
+    thread = await store.create_thread("t1", "", {}, "raise")
+    run, _ = await store.create_run(new_run(thread.thread_id))
+    await store.finish_run(run, "error", "error", "boom", ("error", b'{"message":"boom"}'), 60)
+    last = (await store.redis.xrevrange(keys.events(run.run_id), count=1))[0][1]
+    assert last == {b"e": b"error", b"d": b'{"message":"boom"}'}
+    record = await store.get_run("t1", run.run_id)
+    assert record is not None and record.status == "error" and record.error == "boom"
+    assert 0 < await store.redis.ttl(keys.events(run.run_id)) <= 60

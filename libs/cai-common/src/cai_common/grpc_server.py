@@ -13,7 +13,10 @@ from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
 
-OVERALL = ""  # the health service name that stands for the whole server
+OVERALL = ""  # the health service name that stands for the whole server (readiness)
+# Liveness: SERVING while the process runs, whatever its dependencies do, so an outage of Redis
+# or Qdrant makes pods not-ready (no traffic) instead of restarting them.
+LIVENESS = "liveness"
 
 
 def server_options(max_connection_age_s: float = 300.0) -> list[tuple[str, int]]:
@@ -90,6 +93,7 @@ class GrpcService:
         """Start listening; health is NOT_SERVING until the service says otherwise."""
         reflection.enable_server_reflection(self._service_names, self.server)
         await self.set_serving(False)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
         log.info("grpc server listening", extra={"port": self.port, "server": self.name})
 

@@ -11,6 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cai_orchestrator.graph import DEFAULT_SYSTEM_PROMPT
 
 
+class RetrievalSettings(BaseModel):
+    """How the assistant fetches context from the retriever."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    collection: str = ""
+    k: int = Field(default=4, ge=1, le=50)
+    score_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
 class Assistant(BaseModel):
     """One persona."""
 
@@ -23,6 +34,13 @@ class Assistant(BaseModel):
     model: str = ""
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     recursion_limit: int = Field(default=10, ge=1, le=200)
+    # Tool names (built-in) or import paths ("package.module:attribute") bound to the model.
+    tools: list[str] = Field(default_factory=list)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    # History is trimmed to this many tokens before every model call.
+    token_budget: int = Field(default=4000, ge=256, le=1_000_000)
+    # Extra HTTP headers on every call to the model endpoint (e.g. for a routing proxy).
+    model_headers: dict[str, str] = Field(default_factory=dict)
 
     def configurable(self) -> dict[str, Any]:
         """What the graph reads from `config["configurable"]`."""
@@ -30,6 +48,7 @@ class Assistant(BaseModel):
             "system_prompt": self.system_prompt,
             "model": self.model,
             "temperature": self.temperature,
+            "model_headers": self.model_headers,
         }
 
 

@@ -31,7 +31,11 @@ class Settings(ServiceSettings):
     openai_base_url: str = "http://127.0.0.1:8090/v1"
     openai_api_key: str = "sim-key"
     default_model: str = "cai-sim"
-    llm_timeout_seconds: float = 60.0
+    # An LLM call fails if no byte arrives for this long (a stalled stream), or connecting takes
+    # longer than llm_connect_timeout_seconds. Failed calls are retried with backoff (429, 5xx,
+    # connection errors) up to llm_max_retries times.
+    llm_stall_seconds: float = 30.0
+    llm_connect_timeout_seconds: float = 5.0
     llm_max_retries: int = 2
 
     retriever_addr: str = "127.0.0.1:50052"

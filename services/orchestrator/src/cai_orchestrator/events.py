@@ -149,11 +149,16 @@ class EventWriter:
                 await pipe.execute()
             self._last_flush = time.monotonic()
 
-    async def close(self, event: str, data: bytes, ttl_s: int) -> None:
-        """Write the terminal event and start the log's expiry clock."""
+    async def finish(self) -> None:
+        """Write everything pending; the terminal event is then written with the run's status."""
         if self._flush_task is not None:
             self._flush_task.cancel()
             self._flush_task = None
+        await self.flush()
+
+    async def close(self, event: str, data: bytes, ttl_s: int) -> None:
+        """Write a terminal event and start the log's expiry clock (runs that never started)."""
+        await self.finish()
         await self.emit(event, data)
         await self.redis.expire(self.key, ttl_s)
 

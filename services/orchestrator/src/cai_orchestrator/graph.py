@@ -24,7 +24,9 @@ def build_graph(models: ModelFactory, checkpointer: BaseCheckpointSaver) -> Comp
     async def agent(state: MessagesState, config: RunnableConfig) -> dict[str, Any]:
         configurable = config.get("configurable", {})
         llm = models.chat_model(
-            configurable.get("model", ""), float(configurable.get("temperature", 0.0))
+            configurable.get("model", ""),
+            float(configurable.get("temperature", 0.0)),
+            configurable.get("model_headers"),
         )
         system = SystemMessage(configurable.get("system_prompt") or DEFAULT_SYSTEM_PROMPT)
         reply = await llm.ainvoke([system, *state["messages"]], config)

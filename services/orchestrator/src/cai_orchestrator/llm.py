@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import httpx
 from langchain_openai import ChatOpenAI
 
 from cai_orchestrator.config import Settings
@@ -15,17 +16,25 @@ class ModelFactory:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
+    def chat_model(
+        self, model: str = "", temperature: float = 0.0, headers: dict[str, str] | None = None
+    ) -> ChatOpenAI:
+        """A streaming chat model with a stall timeout and bounded retries (cached)."""
+        return self._chat_model(model, temperature, tuple(sorted((headers or {}).items())))
+
     @lru_cache(maxsize=64)  # noqa: B019 - the factory lives as long as the process
-    def chat_model(self, model: str = "", temperature: float = 0.0) -> ChatOpenAI:
-        """A streaming chat model with a timeout and bounded retries."""
+    def _chat_model(
+        self, model: str, temperature: float, headers: tuple[tuple[str, str], ...]
+    ) -> ChatOpenAI:
         s = self.settings
         return ChatOpenAI(
+            default_headers=dict(headers) or None,
             model=model or s.default_model,
             temperature=temperature,
             base_url=s.openai_base_url,
             api_key=s.openai_api_key,  # type: ignore[arg-type]
             streaming=True,
             stream_usage=True,
-            timeout=s.llm_timeout_seconds,
+            timeout=httpx.Timeout(s.llm_stall_seconds, connect=s.llm_connect_timeout_seconds),
             max_retries=s.llm_max_retries,
         )

@@ -22,8 +22,11 @@ SUPPORTED_STREAM_MODES = {
 }
 
 
-def graph_input(run: RunRecord) -> Any:
-    """The input, or a Command when the run resumes an interrupted thread."""
+def graph_input(run: RunRecord, resume: bool = False) -> Any:
+    """The input; a Command when the run resumes an interrupted thread; None to continue a
+    retried run from its last checkpoint (its input is already in the thread's state)."""
+    if resume:
+        return None
     command = run.kwargs.get("command")
     if command:
         return Command(**command)
@@ -57,8 +60,13 @@ async def execute(
     run: RunRecord,
     writer: EventWriter,
     assistant_config: dict[str, Any],
+    resume: bool = False,
 ) -> None:
-    """Stream the graph for `run`, writing one event per streamed part."""
+    """Stream the graph for `run`, writing one event per streamed part.
+
+    With `resume` (a retried run that already checkpointed progress), the graph continues from
+    the thread's last checkpoint, so nothing the run did (its input included) is applied twice.
+    """
     requested = run.kwargs.get("stream_mode") or ["values"]
     modes = list(
         dict.fromkeys(SUPPORTED_STREAM_MODES[m] for m in requested if m in SUPPORTED_STREAM_MODES)
@@ -69,7 +77,7 @@ async def execute(
     last_meta_bytes = b"{}"
     config = run_config(run, assistant_config)
     stream = graph.astream(
-        graph_input(run),
+        graph_input(run, resume),
         config,
         stream_mode=modes,  # type: ignore[arg-type]  # validated against SUPPORTED_STREAM_MODES
     )

@@ -70,8 +70,12 @@ return {outcome, ARGV[1]}
 """
 
 _FINISH_RUN = """
--- KEYS: 1 thread, 2 pending, 3 run, 4 queue
--- ARGV: 1 run_id, 2 status, 3 now_iso, 4 thread status when nothing follows, 5 run ttl, 6 error
+-- KEYS: 1 thread, 2 pending, 3 run, 4 queue, 5 event log
+-- ARGV: 1 run_id, 2 status, 3 now_iso, 4 thread status when nothing follows, 5 run ttl, 6 error,
+--       7 terminal event name, 8 terminal event data, 9 event log ttl
+-- The terminal event and the final status land together: whoever sees one sees the other.
+redis.call('XADD', KEYS[5], '*', 'e', ARGV[7], 'd', ARGV[8])
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[9]))
 redis.call('HSET', KEYS[3], 'status', ARGV[2], 'updated_at', ARGV[3], 'error', ARGV[6])
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
 if KEYS[1] == 'cai:thread:' then return 'no_thread' end
@@ -124,6 +128,8 @@ class RunRecord:
     error: str = ""
     temporary: bool = False
     trace: dict[str, str] = field(default_factory=dict)
+    # The thread's head checkpoint when the run first started ("" = none; None = not started).
+    base_checkpoint: str | None = None
 
     @classmethod
     def from_hash(cls, h: dict[bytes, bytes]) -> RunRecord:
@@ -145,6 +151,7 @@ class RunRecord:
             error=s.get("error", ""),
             temporary=s.get("temporary") == "1",
             trace=orjson.loads(s.get("trace") or "{}"),
+            base_checkpoint=s.get("base_checkpoint"),
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -368,25 +375,69 @@ class RunStore:
             runs.append(rec)
         return runs[offset : offset + limit]
 
-    async def mark_running(self, run_id: str, replica: str, attempt: int) -> None:
-        """Record who executes the run and which attempt this is."""
-        await self.redis.hset(
-            keys.run(run_id),
-            mapping={
-                "status": "running",
-                "replica": replica,
-                "attempt": attempt,
-                "updated_at": now_iso(),
-            },
+    async def queue_position(self, run: RunRecord) -> dict[str, Any]:
+        """Where a pending run waits: in the shared queue (1 = next) or behind its thread's run."""
+        age = max(0.0, time.time() - datetime.fromisoformat(run.created_at).timestamp())
+        where: dict[str, Any] = {"age_seconds": round(age, 3)}
+        waiting = await self.redis.lrange(keys.thread_pending(run.thread_id), 0, -1)
+        if run.run_id.encode() in waiting:
+            where["waiting_for_thread"] = True
+            where["position"] = waiting.index(run.run_id.encode()) + 1
+            return where
+        groups = await self.redis.xinfo_groups(keys.QUEUE)
+        last = next(
+            (g["last-delivered-id"] for g in groups if g["name"] == keys.GROUP.encode()), b"0"
         )
+        entries = await self.redis.xrange(keys.QUEUE, min=b"(" + last, max="+", count=10_000)
+        for i, (_, fields) in enumerate(entries):
+            if fields.get(b"run_id") == run.run_id.encode():
+                where["position"] = i + 1
+                break
+        return where
+
+    async def mark_running(
+        self, run_id: str, replica: str, attempt: int, base_checkpoint: str | None = None
+    ) -> None:
+        """Record who executes the run, which attempt this is and (first time) its base."""
+        fields: dict[str, Any] = {
+            "status": "running",
+            "replica": replica,
+            "attempt": attempt,
+            "updated_at": now_iso(),
+        }
+        if base_checkpoint is not None:
+            fields["base_checkpoint"] = base_checkpoint
+        await self.redis.hset(keys.run(run_id), mapping=fields)
 
     async def finish_run(
-        self, run: RunRecord, status: str, thread_status: str, error: str = ""
+        self,
+        run: RunRecord,
+        status: str,
+        thread_status: str,
+        error: str = "",
+        terminal: tuple[str, bytes] = ("end", b"null"),
+        log_ttl: int = 3600,
     ) -> str:
-        """Set the final status and hand the thread to its next pending run."""
+        """Append the terminal event, set the final status, hand the thread to its next run."""
         thread_key = keys.thread(run.thread_id) if run.thread_id else "cai:thread:"
         result = await self._finish(
-            keys=[thread_key, keys.thread_pending(run.thread_id), keys.run(run.run_id), keys.QUEUE],
-            args=[run.run_id, status, now_iso(), thread_status, self.run_ttl, error],
+            keys=[
+                thread_key,
+                keys.thread_pending(run.thread_id),
+                keys.run(run.run_id),
+                keys.QUEUE,
+                keys.events(run.run_id),
+            ],
+            args=[
+                run.run_id,
+                status,
+                now_iso(),
+                thread_status,
+                self.run_ttl,
+                error,
+                terminal[0],
+                terminal[1],
+                log_ttl,
+            ],
         )
         return result.decode() if isinstance(result, bytes) else str(result)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cai_common.logging import bind, log_context
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -185,7 +186,10 @@ class Worker:
         attempt = run.attempt + 1
         heartbeat = asyncio.create_task(self._heartbeat(lease_key, run_id))
         try:
-            await self.store.mark_running(run_id, self.consumer, attempt)
+            base = None
+            if run.base_checkpoint is None and run.thread_id:
+                base = run.base_checkpoint = await self._head_checkpoint(run.thread_id)
+            await self.store.mark_running(run_id, self.consumer, attempt, base)
             if attempt > 1:
                 await writer.emit("retry", dumps({"attempt": attempt, "run_id": run_id}))
             if attempt > s.max_attempts:
@@ -222,7 +226,14 @@ class Worker:
         started = time.monotonic()
         try:
             async with asyncio.timeout(s.run_timeout_seconds):
-                await execute(self.graph, run, writer, self.assistant_config(run.assistant_id))
+                await execute(
+                    self.graph,
+                    run,
+                    writer,
+                    self.assistant_config(run.assistant_id),
+                    resume=run.attempt > 0
+                    and run.base_checkpoint != await self._head_checkpoint(run.thread_id),
+                )
         except TimeoutError:
             await self._finish(
                 run,
@@ -252,7 +263,34 @@ class Worker:
         await self._finish(run, writer, "success", thread_status, None, "end")
         log.info("run finished", extra={"seconds": round(time.monotonic() - started, 3)})
 
+    async def _head_checkpoint(self, thread_id: str) -> str:
+        """Id of the thread's newest checkpoint ("" when it has none)."""
+        saver = self.graph.checkpointer
+        config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+        found = await saver.aget_tuple(config)  # type: ignore[union-attr]
+        return str(found.config["configurable"]["checkpoint_id"]) if found else ""
+
+    async def _rollback(self, run: RunRecord) -> None:
+        """Make the thread's state what it was before the run (its steps are discarded).
+
+        Neither the Redis nor the Postgres saver can delete single checkpoints, so the checkpoint
+        the run started from becomes the head again (the run's steps stay only as an abandoned
+        branch of the history); a run that was the thread's first empties the thread.
+        """
+        base = run.base_checkpoint
+        if base is None or base == await self._head_checkpoint(run.thread_id):
+            return  # the run wrote nothing
+        if base == "":
+            await self.graph.checkpointer.adelete_thread(run.thread_id)  # type: ignore[union-attr]
+            return
+        config: RunnableConfig = {
+            "configurable": {"thread_id": run.thread_id, "checkpoint_ns": "", "checkpoint_id": base}
+        }
+        await self.graph.aupdate_state(config, None)
+
     async def _finish_cancelled(self, run: RunRecord, writer: EventWriter, action: str) -> None:
+        if action == "rollback" and run.thread_id:
+            await self._rollback(run)
         await self._finish(
             run,
             writer,
@@ -271,9 +309,16 @@ class Worker:
         payload: dict[str, Any] | None,
         event: str | None = None,
     ) -> None:
-        await writer.close(event or status, dumps(payload), self.settings.event_log_ttl_seconds)
+        await writer.finish()
         message = (payload or {}).get("message", "") if status != "success" else ""
-        await self.store.finish_run(run, status, thread_status, message)
+        await self.store.finish_run(
+            run,
+            status,
+            thread_status,
+            message,
+            (event or status, dumps(payload)),
+            self.settings.event_log_ttl_seconds,
+        )
 
     async def _heartbeat(self, lease_key: str, run_id: str) -> None:
         interval = self.settings.lease_seconds / 3

@@ -145,7 +145,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         )
         if run is None:
             raise StoreError("not_found", f"Run {request.run_id} not found")
-        return json_reply(run.to_api())
+        body = run.to_api()
+        if run.status == "pending":
+            body["queue"] = await self.store.queue_position(run)
+        return json_reply(body)
 
     @unary
     async def ListRuns(self, request: pb.ListRunsRequest, context: Any) -> pb.JsonReply:
