@@ -31,7 +31,7 @@ def executor_proc(stack: Stack, run: dict[str, object]) -> str:
 
 
 async def start_stream(stack: Stack, gateway: int = 0, assistant: str = "chat", k: int = 5):
-    """Create a thread, start a streamed run, read k events; returns (http base, run path, events)."""
+    """Create a thread and start a streamed run; returns (base, run path, thread id, k events)."""
     base = stack.gateway_url(gateway)
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         tid = (await http.post("/threads", json={})).json()["thread_id"]

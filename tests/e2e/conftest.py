@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from cai_devstack.stack import Stack, StackConfig
 
 REPLY_TOKENS = 40

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+
 from cai_devstack.stack import Stack, StackConfig
 
 

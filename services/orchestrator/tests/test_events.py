@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
+from redis.asyncio import Redis
+
 from cai_orchestrator import keys
 from cai_orchestrator.events import EventWriter, LogTailer, Subscription, parse_event_id
-from redis.asyncio import Redis
 
 
 @pytest.fixture

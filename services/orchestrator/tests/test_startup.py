@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from cai_devstack.fixtures import start_redis
 from cai_devstack.procs import free_port
 

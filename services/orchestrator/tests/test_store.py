@@ -7,9 +7,10 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
+
 from cai_orchestrator import keys
 from cai_orchestrator.store import NewRun, RunStore, StoreError
-from redis.asyncio import Redis
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uvicorn
+
 from cai_common.logging import setup_logging
 
 

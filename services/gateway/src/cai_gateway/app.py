@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
-from cai_common.grpc_server import client_channel
 from fastapi import FastAPI
 
+from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
+from cai_common.grpc_server import client_channel
 from cai_gateway import problems
 from cai_gateway.api.routes import health, runs, threads
 from cai_gateway.config import Settings

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import orjson
-from cai.v1 import common_pb2
-from cai.v1 import orchestrator_pb2 as pb
 from opentelemetry.propagate import inject
 
+from cai.v1 import common_pb2
+from cai.v1 import orchestrator_pb2 as pb
 from cai_gateway.schemas import RunCreate
 
 

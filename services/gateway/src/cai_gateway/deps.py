@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from cai.v1 import common_pb2
-from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from fastapi import Depends, Request
 
+from cai.v1 import common_pb2
+from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_gateway.config import Settings
 from cai_gateway.problems import Problem
 

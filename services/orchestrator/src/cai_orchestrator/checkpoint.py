@@ -6,9 +6,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from cai_common.settings import redact_url
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from redis.asyncio import Redis
+
+from cai_common.settings import redact_url
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import socket
 
-from cai_common.settings import ServiceSettings
 from pydantic import Field
+
+from cai_common.settings import ServiceSettings
 
 
 def _default_replica_id() -> str:

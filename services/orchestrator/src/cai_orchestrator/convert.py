@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from cai.v1 import orchestrator_pb2 as pb
 
+from cai.v1 import orchestrator_pb2 as pb
 from cai_orchestrator.store import NewRun
 
 

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import logging
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
 from cai.v1 import orchestrator_pb2_grpc
 from cai_common.grpc_server import GrpcService
 from cai_common.metrics import start_metrics_server
 from cai_common.settings import redact_url
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from cai_orchestrator.assistants import Assistants
 from cai_orchestrator.checkpoint import open_checkpointer
 from cai_orchestrator.config import Settings

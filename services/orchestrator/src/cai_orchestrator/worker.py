@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cai_common.logging import bind, log_context
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from cai_common.logging import bind, log_context
 from cai_orchestrator import keys
 from cai_orchestrator.config import Settings
 from cai_orchestrator.events import EventWriter, dumps

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from cai.v1 import orchestrator_pb2 as pb
-from cai.v1 import orchestrator_pb2_grpc
 from langgraph.graph.state import CompiledStateGraph
 from redis.exceptions import RedisError
 
+from cai.v1 import orchestrator_pb2 as pb
+from cai.v1 import orchestrator_pb2_grpc
 from cai_orchestrator import keys
 from cai_orchestrator.assistants import Assistants
 from cai_orchestrator.convert import InvalidRequest, json_field, json_reply, new_run, tenant_of

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import orjson
-from cai.v1 import orchestrator_pb2 as pb
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
+from cai.v1 import orchestrator_pb2 as pb
 from cai_gateway.convert import create_run_request
 from cai_gateway.deps import OrchestratorDep, PrincipalDep, SettingsDep
 from cai_gateway.schemas import RunCreate
@@ -75,6 +75,7 @@ async def create_and_stream_run(
             run_id=run_id,
             cancel_on_disconnect=body.on_disconnect == "cancel",
         ),
+        request.app.state.shutdown_event,
     )
     location = f"/threads/{thread_id}/runs/{run_id}"
     return _sse(request, stream, {"Location": f"{location}/stream", "Content-Location": location})
@@ -100,6 +101,7 @@ async def join_run_stream(
             after_event_id=last_event_id or "",
             cancel_on_disconnect=cancel_on_disconnect,
         ),
+        request.app.state.shutdown_event,
     )
     return _sse(request, stream)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cai.v1 import orchestrator_pb2 as pb
 from fastapi import APIRouter, Response
 
+from cai.v1 import orchestrator_pb2 as pb
 from cai_gateway.deps import OrchestratorDep, PrincipalDep, SettingsDep
 from cai_gateway.schemas import ThreadCreate
 
