@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+
 from cai.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 from cai_retriever.config import Settings
 from cai_retriever.server import RetrieverServer

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from cai.v1 import retriever_pb2_grpc
 from cai_retriever.embeddings import SentenceTransformerEmbedder, bundled_model_path
 from cai_retriever.server import RetrieverServer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+
 from cai_retriever.chunking import (
     Chunker,
     chunk_id,

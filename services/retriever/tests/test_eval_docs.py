@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cai.v1 import retriever_pb2
 from retriever_support import ingest, search
+
+from cai.v1 import retriever_pb2
 
 REPO = Path(__file__).resolve().parents[3]
 EVAL_SET = Path(__file__).parent / "data" / "eval_docs.jsonl"

@@ -14,10 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 import pytest
-from cai.v1 import retriever_pb2, retriever_pb2_grpc
-from cai_retriever.server import RetrieverServer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from retriever_support import doc, ingest, make_settings, principal, search
+
+from cai.v1 import retriever_pb2, retriever_pb2_grpc
+from cai_retriever.server import RetrieverServer
 
 DIMENSION = 64
 

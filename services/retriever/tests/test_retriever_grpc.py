@@ -7,10 +7,6 @@ import time
 
 import grpc
 import pytest
-from cai.v1 import retriever_pb2, retriever_pb2_grpc
-from cai_retriever.embeddings import SentenceTransformerEmbedder
-from cai_retriever.server import RetrieverServer
-from cai_retriever.store import VectorStore
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 from retriever_support import (
@@ -22,6 +18,11 @@ from retriever_support import (
     search,
     start_server,
 )
+
+from cai.v1 import retriever_pb2, retriever_pb2_grpc
+from cai_retriever.embeddings import SentenceTransformerEmbedder
+from cai_retriever.server import RetrieverServer
+from cai_retriever.store import VectorStore
 
 RESUME = (
     "# Streaming\n\n## Resuming a stream\n\n"

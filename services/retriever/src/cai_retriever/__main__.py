@@ -8,7 +8,6 @@ import asyncio
 def main() -> None:
     """Load settings, set up logging and serve until SIGTERM."""
     from cai_common.logging import setup_logging
-
     from cai_retriever.config import Settings
     from cai_retriever.server import serve
 

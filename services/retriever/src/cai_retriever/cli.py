@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TextIO
 
 import grpc
-from cai.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cai.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
 
 INGESTED_SUFFIXES = {".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf"}
 CONTENT_TYPES = {

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from cai_common.settings import ServiceSettings
 from pydantic import Field, SecretStr
+
+from cai_common.settings import ServiceSettings
 
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_REMOTE_MODEL = "text-embedding-3-small"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from cai.v1 import retriever_pb2
-
 from cai_retriever.models import CollectionStats, Document, DocumentResult, IngestReport, Passage
 
 

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from cai.v1 import retriever_pb2_grpc
 from cai_common.grpc_server import GrpcService
 from cai_common.metrics import start_metrics_server
-
 from cai_retriever.config import Settings
 from cai_retriever.embeddings import Embedder, make_embedder
 from cai_retriever.errors import RetrieverError

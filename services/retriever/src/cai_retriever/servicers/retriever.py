@@ -7,9 +7,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import grpc
+
 from cai.v1 import retriever_pb2, retriever_pb2_grpc
 from cai_common.logging import bind, log_context
-
 from cai_retriever import convert
 from cai_retriever.errors import (
     FailedPrecondition,
