@@ -149,3 +149,75 @@ class CancelRunRequest(_message.Message):
     action: str
     wait: bool
     def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., thread_id: _Optional[str] = ..., run_id: _Optional[str] = ..., action: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
+
+class SearchThreadsRequest(_message.Message):
+    __slots__ = ("principal", "metadata_json", "status", "limit", "offset")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    principal: _common_pb2.Principal
+    metadata_json: bytes
+    status: str
+    limit: int
+    offset: int
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., metadata_json: _Optional[bytes] = ..., status: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class UpdateThreadRequest(_message.Message):
+    __slots__ = ("principal", "thread_id", "metadata_json")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    principal: _common_pb2.Principal
+    thread_id: str
+    metadata_json: bytes
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., thread_id: _Optional[str] = ..., metadata_json: _Optional[bytes] = ...) -> None: ...
+
+class GetThreadHistoryRequest(_message.Message):
+    __slots__ = ("principal", "thread_id", "limit", "before_checkpoint_id")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    principal: _common_pb2.Principal
+    thread_id: str
+    limit: int
+    before_checkpoint_id: str
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., thread_id: _Optional[str] = ..., limit: _Optional[int] = ..., before_checkpoint_id: _Optional[str] = ...) -> None: ...
+
+class UpdateThreadStateRequest(_message.Message):
+    __slots__ = ("principal", "thread_id", "values_json", "as_node", "checkpoint_id")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUES_JSON_FIELD_NUMBER: _ClassVar[int]
+    AS_NODE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    principal: _common_pb2.Principal
+    thread_id: str
+    values_json: bytes
+    as_node: str
+    checkpoint_id: str
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., thread_id: _Optional[str] = ..., values_json: _Optional[bytes] = ..., as_node: _Optional[str] = ..., checkpoint_id: _Optional[str] = ...) -> None: ...
+
+class SearchAssistantsRequest(_message.Message):
+    __slots__ = ("principal", "metadata_json", "graph_id", "limit", "offset")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    principal: _common_pb2.Principal
+    metadata_json: bytes
+    graph_id: str
+    limit: int
+    offset: int
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., metadata_json: _Optional[bytes] = ..., graph_id: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class GetAssistantRequest(_message.Message):
+    __slots__ = ("principal", "assistant_id")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ASSISTANT_ID_FIELD_NUMBER: _ClassVar[int]
+    principal: _common_pb2.Principal
+    assistant_id: str
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., assistant_id: _Optional[str] = ...) -> None: ...

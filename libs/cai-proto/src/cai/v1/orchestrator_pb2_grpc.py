@@ -77,6 +77,51 @@ class OrchestratorStub:
                 request_serializer=cai_dot_v1_dot_orchestrator__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
                 _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/cai.v1.Orchestrator/DeleteRun',
+                request_serializer=cai_dot_v1_dot_orchestrator__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.SearchThreads = channel.unary_unary(
+                '/cai.v1.Orchestrator/SearchThreads',
+                request_serializer=cai_dot_v1_dot_orchestrator__pb2.SearchThreadsRequest.SerializeToString,
+                response_deserializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.UpdateThread = channel.unary_unary(
+                '/cai.v1.Orchestrator/UpdateThread',
+                request_serializer=cai_dot_v1_dot_orchestrator__pb2.UpdateThreadRequest.SerializeToString,
+                response_deserializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.DeleteThread = channel.unary_unary(
+                '/cai.v1.Orchestrator/DeleteThread',
+                request_serializer=cai_dot_v1_dot_orchestrator__pb2.GetThreadRequest.SerializeToString,
+                response_deserializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.GetThreadHistory = channel.unary_unary(
+                '/cai.v1.Orchestrator/GetThreadHistory',
+                request_serializer=cai_dot_v1_dot_orchestrator__pb2.GetThreadHistoryRequest.SerializeToString,
+                response_deserializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.UpdateThreadState = channel.unary_unary(
+                '/cai.v1.Orchestrator/UpdateThreadState',
+                request_serializer=cai_dot_v1_dot_orchestrator__pb2.UpdateThreadStateRequest.SerializeToString,
+                response_deserializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.SearchAssistants = channel.unary_unary(
+                '/cai.v1.Orchestrator/SearchAssistants',
+                request_serializer=cai_dot_v1_dot_orchestrator__pb2.SearchAssistantsRequest.SerializeToString,
+                response_deserializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.GetAssistant = channel.unary_unary(
+                '/cai.v1.Orchestrator/GetAssistant',
+                request_serializer=cai_dot_v1_dot_orchestrator__pb2.GetAssistantRequest.SerializeToString,
+                response_deserializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.GetAssistantSchemas = channel.unary_unary(
+                '/cai.v1.Orchestrator/GetAssistantSchemas',
+                request_serializer=cai_dot_v1_dot_orchestrator__pb2.GetAssistantRequest.SerializeToString,
+                response_deserializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServicer:
@@ -134,6 +179,63 @@ class OrchestratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRun(self, request, context):
+        """Deletes a finished run's record and event log (FAILED_PRECONDITION while it is active).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchThreads(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateThread(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteThread(self, request, context):
+        """Deletes the thread, its checkpoints and its runs' data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetThreadHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateThreadState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchAssistants(self, request, context):
+        """Assistants (personas) as LangGraph Server shows them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAssistant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAssistantSchemas(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +277,51 @@ def add_OrchestratorServicer_to_server(servicer, server):
             'CancelRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelRun,
                     request_deserializer=cai_dot_v1_dot_orchestrator__pb2.CancelRunRequest.FromString,
+                    response_serializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=cai_dot_v1_dot_orchestrator__pb2.GetRunRequest.FromString,
+                    response_serializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.SerializeToString,
+            ),
+            'SearchThreads': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchThreads,
+                    request_deserializer=cai_dot_v1_dot_orchestrator__pb2.SearchThreadsRequest.FromString,
+                    response_serializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.SerializeToString,
+            ),
+            'UpdateThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateThread,
+                    request_deserializer=cai_dot_v1_dot_orchestrator__pb2.UpdateThreadRequest.FromString,
+                    response_serializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.SerializeToString,
+            ),
+            'DeleteThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteThread,
+                    request_deserializer=cai_dot_v1_dot_orchestrator__pb2.GetThreadRequest.FromString,
+                    response_serializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.SerializeToString,
+            ),
+            'GetThreadHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThreadHistory,
+                    request_deserializer=cai_dot_v1_dot_orchestrator__pb2.GetThreadHistoryRequest.FromString,
+                    response_serializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.SerializeToString,
+            ),
+            'UpdateThreadState': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateThreadState,
+                    request_deserializer=cai_dot_v1_dot_orchestrator__pb2.UpdateThreadStateRequest.FromString,
+                    response_serializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.SerializeToString,
+            ),
+            'SearchAssistants': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchAssistants,
+                    request_deserializer=cai_dot_v1_dot_orchestrator__pb2.SearchAssistantsRequest.FromString,
+                    response_serializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.SerializeToString,
+            ),
+            'GetAssistant': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAssistant,
+                    request_deserializer=cai_dot_v1_dot_orchestrator__pb2.GetAssistantRequest.FromString,
+                    response_serializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.SerializeToString,
+            ),
+            'GetAssistantSchemas': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAssistantSchemas,
+                    request_deserializer=cai_dot_v1_dot_orchestrator__pb2.GetAssistantRequest.FromString,
                     response_serializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.SerializeToString,
             ),
     }
@@ -396,6 +543,249 @@ class Orchestrator:
             target,
             '/cai.v1.Orchestrator/CancelRun',
             cai_dot_v1_dot_orchestrator__pb2.CancelRunRequest.SerializeToString,
+            cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cai.v1.Orchestrator/DeleteRun',
+            cai_dot_v1_dot_orchestrator__pb2.GetRunRequest.SerializeToString,
+            cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchThreads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cai.v1.Orchestrator/SearchThreads',
+            cai_dot_v1_dot_orchestrator__pb2.SearchThreadsRequest.SerializeToString,
+            cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cai.v1.Orchestrator/UpdateThread',
+            cai_dot_v1_dot_orchestrator__pb2.UpdateThreadRequest.SerializeToString,
+            cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cai.v1.Orchestrator/DeleteThread',
+            cai_dot_v1_dot_orchestrator__pb2.GetThreadRequest.SerializeToString,
+            cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThreadHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cai.v1.Orchestrator/GetThreadHistory',
+            cai_dot_v1_dot_orchestrator__pb2.GetThreadHistoryRequest.SerializeToString,
+            cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateThreadState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cai.v1.Orchestrator/UpdateThreadState',
+            cai_dot_v1_dot_orchestrator__pb2.UpdateThreadStateRequest.SerializeToString,
+            cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchAssistants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cai.v1.Orchestrator/SearchAssistants',
+            cai_dot_v1_dot_orchestrator__pb2.SearchAssistantsRequest.SerializeToString,
+            cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAssistant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cai.v1.Orchestrator/GetAssistant',
+            cai_dot_v1_dot_orchestrator__pb2.GetAssistantRequest.SerializeToString,
+            cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAssistantSchemas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cai.v1.Orchestrator/GetAssistantSchemas',
+            cai_dot_v1_dot_orchestrator__pb2.GetAssistantRequest.SerializeToString,
             cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
             options,
             channel_credentials,
