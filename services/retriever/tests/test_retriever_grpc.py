@@ -347,3 +347,14 @@ async def test_store_ping_is_false_when_qdrant_server_is_unreachable(unused_tcp_
         assert await store.ping() is False
     finally:
         await store.close()
+
+
+async def test_collection_of_another_vector_size_is_refused(server, stub, tenant) -> None:
+    await server.store.ensure_collection("other-model", 8)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await search(stub, tenant, "anything", collection="other-model")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "holds 8-dimensional vectors" in err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await ingest(stub, tenant, [doc("a", QUEUE)], collection="other-model")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
