@@ -358,3 +358,15 @@ async def test_collection_of_another_vector_size_is_refused(server, stub, tenant
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await ingest(stub, tenant, [doc("a", QUEUE)], collection="other-model")
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_second_process_on_the_same_local_store_fails_loudly(server, embedder) -> None:
+    settings = server.settings.model_copy(update={"grpc_port": 0})
+    second = await start_server(settings, embedder)
+    try:
+        await asyncio.wait_for(second.grpc.stopping.wait(), timeout=30)
+        assert second.failure is not None
+        assert "already accessed by another instance" in str(second.failure)
+        assert not second.ready.is_set()
+    finally:
+        await second.stop(0)

@@ -105,6 +105,13 @@ class RetrieverServer:
                 self.failure = exc
                 self.grpc.stopping.set()
                 return
+        try:
+            await self.store.open()
+        except Exception as exc:  # a locked or unreadable local store will not heal by waiting
+            log.exception("cannot open the vector store", extra={"path": self.store.location})
+            self.failure = exc
+            self.grpc.stopping.set()
+            return
         self.knowledge_base = KnowledgeBase(self.settings, self.store, self.embedder)
         log.info(
             "retriever ready to check store",

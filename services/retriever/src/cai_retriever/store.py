@@ -146,6 +146,15 @@ class VectorStore:
             log.warning("qdrant call failed", extra={"method": method, "error": repr(exc)})
             raise Unavailable(f"vector store unavailable ({method}): {exc}") from exc
 
+    async def open(self) -> None:
+        """Open the embedded store now, so a folder locked by another process fails loudly.
+
+        Raises:
+            RuntimeError: local mode, and another process holds `QDRANT_PATH`.
+        """
+        if isinstance(self._client, _LocalClient):
+            await self._client.call("get_collections")
+
     async def ping(self) -> bool:
         """True if Qdrant answers a cheap request."""
         try:
