@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,22 @@ class Assistant(BaseModel):
     token_budget: int = Field(default=4000, ge=256, le=1_000_000)
     # Extra HTTP headers on every call to the model endpoint (e.g. for a routing proxy).
     model_headers: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def to_api(self) -> dict[str, Any]:
+        """LangGraph Server's Assistant object (the prompt is shown: personas are not secrets)."""
+        return {
+            "assistant_id": self.id,
+            "graph_id": GRAPH_ID,
+            "name": self.name or self.id,
+            "description": self.description or None,
+            "config": {"configurable": self.configurable()},
+            "context": {},
+            "metadata": self.metadata,
+            "version": 1,
+            "created_at": _LOADED_AT,
+            "updated_at": _LOADED_AT,
+        }
 
     def configurable(self) -> dict[str, Any]:
         """What the graph reads from `config["configurable"]`."""
@@ -50,6 +67,10 @@ class Assistant(BaseModel):
             "temperature": self.temperature,
             "model_headers": self.model_headers,
         }
+
+
+GRAPH_ID = "agent"
+_LOADED_AT = datetime.now(UTC).isoformat()
 
 
 class AssistantsError(ValueError):

@@ -42,6 +42,11 @@ def thread_pending(thread_id: str) -> str:
     return f"cai:thread:{thread_id}:pending"
 
 
+def tenant_threads(tenant: str) -> str:
+    """Sorted set: the tenant's thread ids by creation time (for search)."""
+    return f"cai:tenant:{tenant}:threads"
+
+
 def idempotency(tenant: str, key: str) -> str:
     """String: run id created for an Idempotency-Key."""
     return f"cai:idem:{tenant}:{key}"

@@ -26,7 +26,7 @@ STRATEGIES = frozenset({"reject", "enqueue", "interrupt", "rollback"})
 _CREATE_RUN = """
 -- KEYS: 1 thread, 2 pending, 3 thread_runs, 4 run, 5 queue, 6 idempotency (or a dummy)
 -- ARGV: 1 run_id, 2 tenant, 3 strategy, 4 now_iso, 5 score, 6 if_not_exists, 7 run fields (json),
---       8 idempotency ttl (0: none), 9 job fields (json)
+--       8 idempotency ttl (0: none), 9 job fields (json), 10 temporary thread (1) or not (0)
 if ARGV[8] ~= '0' then
   local existing = redis.call('GET', KEYS[6])
   if existing then return {'existing', existing} end
@@ -37,6 +37,9 @@ if not owner then
   redis.call('HSET', KEYS[1], 'thread_id', string.sub(KEYS[1], 12), 'tenant', ARGV[2],
     'created_at', ARGV[4], 'updated_at', ARGV[4], 'metadata', '{}', 'status', 'idle',
     'active_run', '')
+  if ARGV[10] == '0' then
+    redis.call('ZADD', 'cai:tenant:' .. ARGV[2] .. ':threads', ARGV[5], string.sub(KEYS[1], 12))
+  end
 elseif owner ~= ARGV[2] then
   return {'no_thread', ''}
 end
@@ -251,18 +254,80 @@ class RunStore:
                 return existing
             # Another tenant's id answers as if it were taken: we never reveal ownership.
             raise StoreError("already_exists", f"Thread {thread_id} already exists")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                keys.thread(thread_id),
+                mapping={
+                    "thread_id": thread_id,
+                    "created_at": ts,
+                    "updated_at": ts,
+                    "metadata": orjson.dumps(metadata),
+                    "status": "idle",
+                    "active_run": "",
+                },
+            )
+            pipe.zadd(keys.tenant_threads(tenant), {thread_id: time.time()})
+            await pipe.execute()
+        return ThreadRecord(thread_id, tenant, ts, ts, metadata, "idle", "")
+
+    async def search_threads(
+        self, tenant: str, metadata: dict[str, Any], status: str, limit: int, offset: int
+    ) -> list[ThreadRecord]:
+        """The tenant's threads, newest first, whose metadata contains `metadata`."""
+        ids = await self.redis.zrevrange(keys.tenant_threads(tenant), 0, -1)
+        found: list[ThreadRecord] = []
+        for start in range(0, len(ids), 500):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for tid in ids[start : start + 500]:
+                    pipe.hgetall(keys.thread(tid.decode()))
+                hashes = await pipe.execute()
+            for h in hashes:
+                if not h or h.get(b"tenant", b"").decode() != tenant or b"thread_id" not in h:
+                    continue
+                t = ThreadRecord.from_hash(h)
+                if status and t.status != status:
+                    continue
+                if any(t.metadata.get(k) != v for k, v in metadata.items()):
+                    continue
+                found.append(t)
+            if len(found) >= offset + limit:
+                break
+        return found[offset : offset + limit]
+
+    async def update_thread_metadata(
+        self, tenant: str, thread_id: str, metadata: dict[str, Any]
+    ) -> ThreadRecord:
+        """Merge `metadata` into the thread's metadata."""
+        thread = await self.get_thread(tenant, thread_id)
+        if thread is None:
+            raise StoreError("not_found", f"Thread {thread_id} not found")
+        thread.metadata = {**thread.metadata, **metadata}
+        thread.updated_at = now_iso()
         await self.redis.hset(
             keys.thread(thread_id),
-            mapping={
-                "thread_id": thread_id,
-                "created_at": ts,
-                "updated_at": ts,
-                "metadata": orjson.dumps(metadata),
-                "status": "idle",
-                "active_run": "",
-            },
+            mapping={"metadata": orjson.dumps(thread.metadata), "updated_at": thread.updated_at},
         )
-        return ThreadRecord(thread_id, tenant, ts, ts, metadata, "idle", "")
+        return thread
+
+    async def delete_thread_records(self, tenant: str, thread_id: str) -> int:
+        """Delete the thread's record, its runs' records and event logs; returns runs deleted."""
+        run_ids = [r.decode() for r in await self.redis.zrange(keys.thread_runs(thread_id), 0, -1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in run_ids:
+                pipe.delete(keys.run(rid), keys.events(rid), keys.cancel(rid))
+            pipe.delete(
+                keys.thread(thread_id), keys.thread_runs(thread_id), keys.thread_pending(thread_id)
+            )
+            pipe.zrem(keys.tenant_threads(tenant), thread_id)
+            await pipe.execute()
+        return len(run_ids)
+
+    async def delete_run_records(self, run: RunRecord) -> None:
+        """Delete a finished run's record and event log."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(keys.run(run.run_id), keys.events(run.run_id), keys.cancel(run.run_id))
+            pipe.zrem(keys.thread_runs(run.thread_id), run.run_id)
+            await pipe.execute()
 
     async def get_thread(self, tenant: str, thread_id: str) -> ThreadRecord | None:
         """The tenant's thread, or None (also for another tenant's thread)."""
@@ -328,6 +393,7 @@ class RunStore:
                 orjson.dumps(fields),
                 self.idempotency_ttl if new.idempotency_key else 0,
                 orjson.dumps({"run_id": run_id, "trace": trace}),
+                "1" if new.temporary else "0",
             ],
         )
         outcome = outcome.decode()
@@ -419,7 +485,9 @@ class RunStore:
         log_ttl: int = 3600,
     ) -> str:
         """Append the terminal event, set the final status, hand the thread to its next run."""
-        thread_key = keys.thread(run.thread_id) if run.thread_id else "cai:thread:"
+        # A stateless run's thread is already gone: skip the thread bookkeeping.
+        has_thread = run.thread_id and not run.temporary
+        thread_key = keys.thread(run.thread_id) if has_thread else "cai:thread:"
         result = await self._finish(
             keys=[
                 thread_key,

@@ -311,6 +311,8 @@ class Worker:
     ) -> None:
         await writer.finish()
         message = (payload or {}).get("message", "") if status != "success" else ""
+        if run.temporary:
+            await self._drop_temporary_thread(run)
         await self.store.finish_run(
             run,
             status,
@@ -318,6 +320,15 @@ class Worker:
             message,
             (event or status, dumps(payload)),
             self.settings.event_log_ttl_seconds,
+        )
+
+    async def _drop_temporary_thread(self, run: RunRecord) -> None:
+        """A stateless run's thread goes away with it; the run's record and events stay."""
+        await self.graph.checkpointer.adelete_thread(run.thread_id)  # type: ignore[union-attr]
+        await self.redis.delete(
+            keys.thread(run.thread_id),
+            keys.thread_pending(run.thread_id),
+            keys.thread_runs(run.thread_id),
         )
 
     async def _heartbeat(self, lease_key: str, run_id: str) -> None:

@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from redis.exceptions import RedisError
 
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1 import orchestrator_pb2_grpc
 from cai_orchestrator import keys
-from cai_orchestrator.assistants import Assistants
+from cai_orchestrator.assistants import GRAPH_ID, Assistants
 from cai_orchestrator.convert import InvalidRequest, json_field, json_reply, new_run, tenant_of
 from cai_orchestrator.events import TERMINAL_EVENTS, EventWriter, LogTailer, dumps, parse_event_id
 from cai_orchestrator.runner import SUPPORTED_STREAM_MODES
@@ -261,3 +262,168 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                 self.tailer.unsubscribe(sub)
         final = await self.store.get_run(tenant, request.run_id)
         return json_reply((final or run).to_api())
+
+    # -- run and thread management ----------------------------------------------------------
+
+    @unary
+    async def DeleteRun(self, request: pb.GetRunRequest, context: Any) -> pb.JsonReply:
+        """Delete a finished run's record and event log."""
+        run = await self.store.get_run(
+            tenant_of(request.principal), request.run_id, request.thread_id
+        )
+        if run is None:
+            raise StoreError("not_found", f"Run {request.run_id} not found")
+        if run.status not in TERMINAL_STATUSES:
+            raise StoreError("conflict", f"Run {run.run_id} is {run.status}; cancel it first")
+        await self.store.delete_run_records(run)
+        return json_reply({"run_id": run.run_id, "deleted": True})
+
+    @unary
+    async def SearchThreads(self, request: pb.SearchThreadsRequest, context: Any) -> pb.JsonReply:
+        """Search the caller's threads by metadata and status, newest first."""
+        tenant = tenant_of(request.principal)
+        limit = request.limit or 10
+        if not 1 <= limit <= 1000 or request.offset < 0:
+            raise InvalidRequest("limit must be 1..1000 and offset >= 0")
+        if request.status not in ("", "idle", "busy", "interrupted", "error"):
+            raise InvalidRequest("status must be idle, busy, interrupted or error")
+        metadata = json_field(request.metadata_json, "metadata", {})
+        threads = await self.store.search_threads(
+            tenant, metadata, request.status, limit, request.offset
+        )
+        return json_reply([t.to_api() for t in threads])
+
+    @unary
+    async def UpdateThread(self, request: pb.UpdateThreadRequest, context: Any) -> pb.JsonReply:
+        """Merge metadata into a thread."""
+        metadata = json_field(request.metadata_json, "metadata", {})
+        thread = await self.store.update_thread_metadata(
+            tenant_of(request.principal), request.thread_id, metadata
+        )
+        return json_reply(thread.to_api())
+
+    @unary
+    async def DeleteThread(self, request: pb.GetThreadRequest, context: Any) -> pb.JsonReply:
+        """Delete a thread with its checkpoints and its runs' data (an active run is cancelled)."""
+        tenant = tenant_of(request.principal)
+        thread = await self.store.get_thread(tenant, request.thread_id)
+        if thread is None:
+            raise StoreError("not_found", f"Thread {request.thread_id} not found")
+        if thread.active_run:
+            with contextlib.suppress(StoreError):
+                await self._cancel(tenant, thread.thread_id, thread.active_run, "interrupt")
+        runs = await self.store.delete_thread_records(tenant, thread.thread_id)
+        await self.graph.checkpointer.adelete_thread(thread.thread_id)  # type: ignore[union-attr]
+        return json_reply({"thread_id": thread.thread_id, "deleted": True, "runs_deleted": runs})
+
+    @unary
+    async def GetThreadHistory(
+        self, request: pb.GetThreadHistoryRequest, context: Any
+    ) -> pb.JsonReply:
+        """A thread's past states, newest first."""
+        thread = await self.store.get_thread(tenant_of(request.principal), request.thread_id)
+        if thread is None:
+            raise StoreError("not_found", f"Thread {request.thread_id} not found")
+        limit = request.limit or 10
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest("limit must be 1..1000")
+        config: RunnableConfig = {"configurable": {"thread_id": thread.thread_id}}
+        before: RunnableConfig | None = None
+        if request.before_checkpoint_id:
+            before = {
+                "configurable": {
+                    "thread_id": thread.thread_id,
+                    "checkpoint_ns": "",
+                    "checkpoint_id": request.before_checkpoint_id,
+                }
+            }
+        states = [
+            snapshot_to_api(s, thread.thread_id)
+            async for s in self.graph.aget_state_history(config, limit=limit, before=before)
+        ]
+        return json_reply(states)
+
+    @unary
+    async def UpdateThreadState(
+        self, request: pb.UpdateThreadStateRequest, context: Any
+    ) -> pb.JsonReply:
+        """Write an update to a thread's state as a new checkpoint (not while a run is active)."""
+        thread = await self.store.get_thread(tenant_of(request.principal), request.thread_id)
+        if thread is None:
+            raise StoreError("not_found", f"Thread {request.thread_id} not found")
+        if thread.active_run:
+            raise StoreError(
+                "conflict", f"Thread {thread.thread_id} has an active run; update it afterwards"
+            )
+        values = json_field(request.values_json, "values", None, kind=None)
+        if request.as_node and request.as_node not in self.graph.nodes:
+            raise InvalidRequest(f"as_node {request.as_node!r} is not a node of the graph")
+        configurable: dict[str, Any] = {"thread_id": thread.thread_id, "checkpoint_ns": ""}
+        if request.checkpoint_id:
+            configurable["checkpoint_id"] = request.checkpoint_id
+        try:
+            new_config = await self.graph.aupdate_state(
+                {"configurable": configurable}, values, as_node=request.as_node or None
+            )
+        except (ValueError, KeyError, TypeError) as exc:  # LangGraph's own validation
+            raise InvalidRequest(f"cannot apply this update: {exc}") from exc
+        c = new_config["configurable"]
+        return json_reply(
+            {
+                "checkpoint": {
+                    "thread_id": c.get("thread_id"),
+                    "checkpoint_ns": c.get("checkpoint_ns", ""),
+                    "checkpoint_id": c.get("checkpoint_id"),
+                }
+            }
+        )
+
+    # -- assistants -------------------------------------------------------------------------
+
+    @unary
+    async def SearchAssistants(
+        self, request: pb.SearchAssistantsRequest, context: Any
+    ) -> pb.JsonReply:
+        """List assistants, filtered by metadata and graph id."""
+        tenant_of(request.principal)
+        limit = request.limit or 10
+        if not 1 <= limit <= 1000 or request.offset < 0:
+            raise InvalidRequest("limit must be 1..1000 and offset >= 0")
+        metadata = json_field(request.metadata_json, "metadata", {})
+        found = [
+            a.to_api()
+            for a in self.assistants.by_id.values()
+            if (not request.graph_id or request.graph_id == GRAPH_ID)
+            and all(a.metadata.get(k) == v for k, v in metadata.items())
+        ]
+        return json_reply(found[request.offset : request.offset + limit])
+
+    @unary
+    async def GetAssistant(self, request: pb.GetAssistantRequest, context: Any) -> pb.JsonReply:
+        """Get an assistant."""
+        tenant_of(request.principal)
+        assistant = self.assistants.get(request.assistant_id)
+        if assistant is None:
+            raise StoreError("not_found", f"Assistant {request.assistant_id} not found")
+        return json_reply(assistant.to_api())
+
+    @unary
+    async def GetAssistantSchemas(
+        self, request: pb.GetAssistantRequest, context: Any
+    ) -> pb.JsonReply:
+        """JSON schemas of the assistant's graph input, output, state and config."""
+        tenant_of(request.principal)
+        if self.assistants.get(request.assistant_id) is None:
+            raise StoreError("not_found", f"Assistant {request.assistant_id} not found")
+        return json_reply(self._schemas())
+
+    @functools.cache  # noqa: B019 - one servicer per process; the graph never changes
+    def _schemas(self) -> dict[str, Any]:
+        return {
+            "graph_id": GRAPH_ID,
+            "input_schema": self.graph.get_input_jsonschema(),
+            "output_schema": self.graph.get_output_jsonschema(),
+            "state_schema": self.graph.get_output_jsonschema(),
+            "config_schema": self.graph.config_schema().model_json_schema(),
+            "context_schema": None,
+        }
