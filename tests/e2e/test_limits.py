@@ -1,0 +1,85 @@
+"""Backpressure (runs wait in the queue with a position) and per-run deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import pytest
+from httpx_sse import aconnect_sse
+
+from cai_devstack.stack import Stack, StackConfig
+
+ASSISTANTS = """
+- id: chat
+- id: slow
+  model_headers: {X-Sim-Token-Delay-Ms: "500"}
+"""
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    run_dir = tmp_path_factory.mktemp("limits")
+    (run_dir / "assistants.yaml").write_text(ASSISTANTS)
+    config = StackConfig.ephemeral(
+        run_dir,
+        with_retriever=False,
+        llm_sim_args=["--token-delay-ms", "25", "--reply-tokens", "20"],
+        service_env={
+            "MAX_CONCURRENT_RUNS": "1",
+            "RUN_TIMEOUT_SECONDS": "2",
+            "ASSISTANTS_FILE": str(run_dir / "assistants.yaml"),
+        },
+    )
+    stack = Stack(config)
+    stack.up(timeout=120)
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
+async def final_event(http: httpx.AsyncClient, run_path: str) -> tuple[str, dict[str, object]]:
+    last = ("", "null")
+    async with aconnect_sse(http, "GET", f"{run_path}/stream") as source:
+        async for sse in source.aiter_sse():
+            if sse.data:
+                last = (sse.event, sse.data)
+    return last[0], orjson.loads(last[1]) or {}
+
+
+async def test_runs_beyond_the_limit_wait_in_the_queue_with_a_position(limited: Stack) -> None:
+    base = limited.gateway_url()
+    q = {"messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        paths = []
+        for _ in range(3):
+            tid = (await http.post("/threads", json={})).json()["thread_id"]
+            run = (await http.post(f"/threads/{tid}/runs", json={"input": q})).json()
+            paths.append(f"/threads/{tid}/runs/{run['run_id']}")
+        last = (await http.get(paths[-1])).json()
+        assert last["status"] == "pending"
+        assert last["queue"]["position"] >= 1 and last["queue"]["age_seconds"] >= 0
+        results = await asyncio.gather(*(final_event(http, p) for p in paths))
+        assert [event for event, _ in results] == ["end", "end", "end"]
+        statuses = [(await http.get(p)).json()["status"] for p in paths]
+        assert statuses == ["success"] * 3
+
+
+async def test_a_run_past_its_deadline_ends_in_timeout(limited: Stack) -> None:
+    base = limited.gateway_url()
+    q = {"messages": [{"role": "user", "content": "take your time"}]}
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        tid = (await http.post("/threads", json={})).json()["thread_id"]
+        run = (
+            await http.post(f"/threads/{tid}/runs", json={"assistant_id": "slow", "input": q})
+        ).json()
+        path = f"/threads/{tid}/runs/{run['run_id']}"
+        event, data = await final_event(http, path)
+        assert event == "timeout" and "deadline" in str(data["message"])
+        assert (await http.get(path)).json()["status"] == "timeout"
+        # The thread is usable afterwards.
+        ok = (await http.post(f"/threads/{tid}/runs", json={"input": q})).json()
+        assert (await final_event(http, f"/threads/{tid}/runs/{ok['run_id']}"))[0] == "end"
