@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cai_orchestrator.graph import DEFAULT_SYSTEM_PROMPT
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Cai, a helpful assistant. Answer from the context you are given and say so when "
+    "you do not know."
+)
 
 
 class RetrievalSettings(BaseModel):
@@ -21,6 +24,27 @@ class RetrievalSettings(BaseModel):
     collection: str = ""
     k: int = Field(default=4, ge=1, le=50)
     score_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class ToolSpec(BaseModel):
+    """A tool an assistant may call: a built-in by name, or any tool by import path."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    # "package.module:attribute" of a LangChain tool or a function; empty: a built-in.
+    import_path: str = Field(default="", alias="import")
+    timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Pause the run (LangGraph interrupt) until a person approves or rejects each call.
+    requires_approval: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "search_knowledge_base" or "pkg.mod:fn"
+            name = value.rsplit(":", 1)[-1] if ":" in value else value
+            return {"name": name, "import": value if ":" in value else ""}
+        return value
 
 
 class Assistant(BaseModel):
@@ -35,11 +59,17 @@ class Assistant(BaseModel):
     model: str = ""
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     recursion_limit: int = Field(default=10, ge=1, le=200)
-    # Tool names (built-in) or import paths ("package.module:attribute") bound to the model.
-    tools: list[str] = Field(default_factory=list)
+    # Tools bound to the model: built-in names, import paths ("package.module:attribute") or
+    # objects {name, import, timeout_seconds, requires_approval}.
+    tools: list[ToolSpec] = Field(default_factory=list)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     # History is trimmed to this many tokens before every model call.
     token_budget: int = Field(default=4000, ge=256, le=1_000_000)
+    # When the thread's history passes this many tokens, older turns are summarised into the
+    # state (default: three token budgets; 0 turns summaries off).
+    summarize_after_tokens: int | None = Field(default=None, ge=0)
+    # Threads may replace the system prompt with their metadata's `system_prompt`.
+    allow_system_prompt_override: bool = False
     # Extra HTTP headers on every call to the model endpoint (e.g. for a routing proxy).
     model_headers: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -59,13 +89,23 @@ class Assistant(BaseModel):
             "updated_at": _LOADED_AT,
         }
 
+    @property
+    def summary_threshold(self) -> int:
+        """History size (tokens) past which older turns are summarised; 0 = never."""
+        if self.summarize_after_tokens is None:
+            return 3 * self.token_budget
+        return self.summarize_after_tokens
+
     def configurable(self) -> dict[str, Any]:
-        """What the graph reads from `config["configurable"]`."""
+        """What a client sees of the assistant's configuration."""
         return {
             "system_prompt": self.system_prompt,
             "model": self.model,
             "temperature": self.temperature,
-            "model_headers": self.model_headers,
+            "tools": [t.name for t in self.tools],
+            "retrieval": self.retrieval.model_dump(),
+            "token_budget": self.token_budget,
+            "recursion_limit": self.recursion_limit,
         }
 
 

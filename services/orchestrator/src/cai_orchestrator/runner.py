@@ -33,12 +33,16 @@ def graph_input(run: RunRecord, resume: bool = False) -> Any:
     return run.kwargs.get("input")
 
 
-def run_config(run: RunRecord, assistant_config: dict[str, Any]) -> RunnableConfig:
-    """RunnableConfig for the run: the assistant's settings under the request's overrides."""
+def run_config(run: RunRecord, run_settings: dict[str, Any]) -> RunnableConfig:
+    """RunnableConfig for the run: request overrides, then the ids the graph relies on.
+
+    `run_settings` carries what the worker resolved: the assistant's recursion limit and the
+    thread's system prompt override.
+    """
     requested = run.kwargs.get("config") or {}
     configurable = {
-        **assistant_config,
         **(requested.get("configurable") or {}),
+        "thread_system_prompt": run_settings.get("thread_system_prompt"),
         "thread_id": run.thread_id,
         "run_id": run.run_id,
         "assistant_id": run.assistant_id,
@@ -46,7 +50,9 @@ def run_config(run: RunRecord, assistant_config: dict[str, Any]) -> RunnableConf
     }
     config: RunnableConfig = {
         "configurable": configurable,
-        "recursion_limit": int(requested.get("recursion_limit") or 10),
+        "recursion_limit": int(
+            requested.get("recursion_limit") or run_settings.get("recursion_limit") or 10
+        ),
         "metadata": {**run.metadata, "run_id": run.run_id, "thread_id": run.thread_id},
         "run_id": uuid.UUID(run.run_id),
     }
@@ -59,7 +65,7 @@ async def execute(
     graph: CompiledStateGraph,
     run: RunRecord,
     writer: EventWriter,
-    assistant_config: dict[str, Any],
+    run_settings: dict[str, Any],
     resume: bool = False,
 ) -> None:
     """Stream the graph for `run`, writing one event per streamed part.
@@ -75,7 +81,10 @@ async def execute(
         modes = ["values"]
     last_meta: Any = None
     last_meta_bytes = b"{}"
-    config = run_config(run, assistant_config)
+    config = run_config(run, run_settings)
+    wants_custom = "custom" in modes
+    if not wants_custom:
+        modes.append("custom")  # status and retrieval events travel on the custom stream
     stream = graph.astream(
         graph_input(run, resume),
         config,
@@ -99,5 +108,11 @@ async def execute(
                     await writer.token(message.id or "", message.content, last_meta_bytes)
                 continue
             await writer.emit("messages", b"[" + dumps(message) + b"," + last_meta_bytes + b"]")
+        elif mode == "custom":
+            if isinstance(chunk, dict) and "cai_event" in chunk:
+                event = {k: v for k, v in chunk.items() if k != "cai_event"}
+                await writer.emit(str(chunk["cai_event"]), dumps(event))
+            elif wants_custom:
+                await writer.emit("custom", dumps(chunk))
         else:
             await writer.emit(mode, dumps(chunk))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -17,10 +18,11 @@ from cai_orchestrator.assistants import Assistants
 from cai_orchestrator.checkpoint import open_checkpointer
 from cai_orchestrator.config import Settings
 from cai_orchestrator.events import LogTailer
-from cai_orchestrator.graph import build_graph
+from cai_orchestrator.graph import Agent
 from cai_orchestrator.llm import ModelFactory
+from cai_orchestrator.retrieval import RetrieverClient
 from cai_orchestrator.servicers.orchestrator import OrchestratorServicer
-from cai_orchestrator.store import RunStore
+from cai_orchestrator.store import RunRecord, RunStore
 from cai_orchestrator.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -61,16 +63,23 @@ async def serve(settings: Settings) -> None:
     start_metrics_server(settings.metrics_port)
 
     async with open_checkpointer(settings.effective_checkpoint_url) as checkpointer:
-        graph = build_graph(ModelFactory(settings), checkpointer)
+        retriever = RetrieverClient(settings.retriever_addr)
+        agent = Agent(ModelFactory(settings), assistants, retriever)
+        agent.check_tools()
+        graph = agent.build(checkpointer)
         store = RunStore(redis, settings.run_record_ttl_seconds)
         tailer = LogTailer(tail_redis, redis, settings.replica_id)
-        worker = Worker(
-            settings,
-            redis,
-            store,
-            graph,
-            lambda aid: a.configurable() if (a := assistants.get(aid)) else {},
-        )
+
+        async def run_settings(run: RunRecord) -> dict[str, Any]:
+            """What a run needs beyond its record: limits and the thread's prompt override."""
+            assistant = assistants.get(run.assistant_id)
+            thread = await store.get_thread(run.tenant, run.thread_id) if run.thread_id else None
+            return {
+                "recursion_limit": assistant.recursion_limit if assistant else 10,
+                "thread_system_prompt": thread.metadata.get("system_prompt") if thread else None,
+            }
+
+        worker = Worker(settings, redis, store, graph, run_settings)
         service = GrpcService(
             "orchestrator",
             settings.grpc_port,
@@ -106,6 +115,7 @@ async def serve(settings: Settings) -> None:
         finally:
             health.cancel()
             await tailer.stop()
+            await retriever.close()
             with contextlib.suppress(RedisError, OSError):
                 await redis.aclose()
                 await tail_redis.aclose()

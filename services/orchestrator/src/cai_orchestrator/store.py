@@ -201,7 +201,9 @@ class ThreadRecord:
             active_run=s.get("active_run", ""),
         )
 
-    def to_api(self, values: Any = None) -> dict[str, Any]:
+    def to_api(
+        self, values: Any = None, interrupts: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """LangGraph Server's Thread object."""
         return {
             "thread_id": self.thread_id,
@@ -211,7 +213,7 @@ class ThreadRecord:
             "status": self.status,
             "config": {},
             "values": values,
-            "interrupts": {},
+            "interrupts": interrupts or {},
         }
 
 

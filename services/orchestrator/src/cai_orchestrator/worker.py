@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -54,13 +54,13 @@ class Worker:
         redis: Redis,
         store: RunStore,
         graph: CompiledStateGraph,
-        assistant_config: Callable[[str], dict[str, Any]],
+        run_settings: Callable[[RunRecord], Awaitable[dict[str, Any]]],
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.store = store
         self.graph = graph
-        self.assistant_config = assistant_config
+        self.run_settings = run_settings
         self.consumer = settings.replica_id
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.entries: dict[str, bytes] = {}
@@ -230,7 +230,7 @@ class Worker:
                     self.graph,
                     run,
                     writer,
-                    self.assistant_config(run.assistant_id),
+                    await self.run_settings(run),
                     resume=run.attempt > 0
                     and run.base_checkpoint != await self._head_checkpoint(run.thread_id),
                 )

@@ -87,9 +87,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         self.heartbeat_s = heartbeat_s
         self._cancel_pending = store.redis.register_script(_CANCEL_PENDING)
 
-    async def _thread_values(self, thread_id: str) -> Any:
+    async def _thread_values(self, thread_id: str) -> tuple[Any, dict[str, Any]]:
+        """The thread's current values and its pending interrupts by task id."""
         snapshot = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
-        return snapshot.values or None
+        interrupts = {
+            t.id: [{"value": i.value, "id": i.id} for i in t.interrupts]
+            for t in snapshot.tasks
+            if t.interrupts
+        }
+        return snapshot.values or None, interrupts
 
     @unary
     async def CreateThread(self, request: pb.CreateThreadRequest, context: Any) -> pb.JsonReply:
@@ -109,7 +115,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         thread = await self.store.get_thread(tenant_of(request.principal), request.thread_id)
         if thread is None:
             raise StoreError("not_found", f"Thread {request.thread_id} not found")
-        return json_reply(thread.to_api(await self._thread_values(thread.thread_id)))
+        values, interrupts = await self._thread_values(thread.thread_id)
+        return json_reply(thread.to_api(values, interrupts))
 
     @unary
     async def GetThreadState(self, request: pb.GetThreadStateRequest, context: Any) -> pb.JsonReply:
@@ -135,6 +142,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         new = new_run(request, modes)
         if self.assistants.get(new.assistant_id) is None:
             raise StoreError("not_found", f"Assistant {new.assistant_id} not found")
+        if new.thread_id:
+            thread = await self.store.get_thread(new.tenant, new.thread_id)
+            pinned = thread.metadata.get("assistant_id") if thread else None
+            if pinned and pinned != new.assistant_id:
+                raise StoreError(
+                    "conflict",
+                    f"Thread {new.thread_id} is pinned to assistant {pinned!r} by its metadata",
+                )
         run, _ = await self.store.create_run(new)
         return json_reply(run.to_api())
 
