@@ -1,15 +1,36 @@
-"""Typed FastAPI dependencies."""
+"""Typed FastAPI dependencies: settings, the orchestrator, the caller (auth + rate limit) and
+stream slots (the per-key concurrency cap)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import Counter
 
 from cai.v1 import common_pb2
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
+from cai_gateway.auth import ApiKey, KeyRing, presented_key
 from cai_gateway.config import Settings
+from cai_gateway.limits import Limiter, LimiterUnavailable, StreamSlot
 from cai_gateway.problems import Problem
+
+log = logging.getLogger(__name__)
+
+AUTH_FAILURES = Counter(
+    "cai_gateway_auth_failures_total", "Requests refused for a missing or unknown API key.",
+    ["reason"],
+)  # fmt: skip
+
+ANONYMOUS_ID = "anonymous"
+
+# Declared for OpenAPI (the security schemes /docs offers); parsing is done by `get_caller`.
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
+_api_key = APIKeyHeader(name="X-Api-Key", auto_error=False, description="The API key")
 
 
 def get_settings(request: Request) -> Settings:
@@ -24,14 +45,152 @@ def get_orchestrator(request: Request) -> OrchestratorStub:
     return stub
 
 
-def get_principal(request: Request) -> common_pb2.Principal:
-    """Who is calling. Anonymous access only when explicitly allowed."""
+def get_limiter(request: Request) -> Limiter | None:
+    """The Redis-backed limiter (None when limits are off)."""
+    limiter: Limiter | None = request.app.state.limiter
+    return limiter
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the principal sent to the orchestrator and the key's limits."""
+
+    principal: common_pb2.Principal
+    key_id: str
+    rate_per_second: float
+    burst: int
+    max_streams: int
+    anonymous: bool = False
+
+
+def _unauthorized(reason: str, detail: str) -> Problem:
+    AUTH_FAILURES.labels(reason).inc()
+    return Problem(401, detail, headers={"WWW-Authenticate": 'Bearer realm="cai"'})
+
+
+def _caller_for(key: ApiKey, settings: Settings) -> Caller:
+    def pick(override: float | int | None, default: float | int) -> float | int:
+        return default if override is None else override
+
+    return Caller(
+        principal=common_pb2.Principal(tenant_id=key.tenant, subject=key.id),
+        key_id=key.id,
+        rate_per_second=float(pick(key.rate_limit_per_second, settings.rate_limit_per_second)),
+        burst=int(pick(key.rate_limit_burst, settings.rate_limit_burst)),
+        max_streams=int(pick(key.max_concurrent_streams, settings.max_concurrent_streams)),
+    )
+
+
+async def get_caller(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    x_api_key: Annotated[str | None, Depends(_api_key)],
+) -> Caller:
+    """Authenticate the request (API key, or anonymous when allowed) and apply its rate limit."""
     settings: Settings = request.app.state.settings
-    if settings.allow_anonymous:
-        return common_pb2.Principal(tenant_id=settings.anonymous_tenant, subject="anonymous")
-    raise Problem(401, "An API key is required", headers={"WWW-Authenticate": "Bearer"})
+    keyring: KeyRing = request.app.state.keyring
+    key = presented_key(request.headers.get("authorization"), x_api_key)
+    caller: Caller | None = None
+    if key is not None:
+        await keyring.refresh()
+        found = keyring.authenticate(key)
+        if found is not None:
+            caller = _caller_for(found, settings)
+        elif not settings.allow_anonymous:
+            raise _unauthorized("unknown_key", "The API key is not valid")
+    elif not settings.allow_anonymous:
+        raise _unauthorized(
+            "missing_key", "An API key is required (Authorization: Bearer <key> or X-Api-Key)"
+        )
+    if caller is None:
+        # Local use only: anonymous callers are not limited (benchmarks drive hundreds of
+        # concurrent streams through `make up`).
+        caller = Caller(
+            principal=common_pb2.Principal(
+                tenant_id=settings.anonymous_tenant, subject=ANONYMOUS_ID
+            ),
+            key_id=ANONYMOUS_ID,
+            rate_per_second=0.0,
+            burst=0,
+            max_streams=0,
+            anonymous=True,
+        )
+    request.state.caller = caller
+    limiter: Limiter | None = request.app.state.limiter
+    if limiter is not None and caller.rate_per_second > 0:
+        try:
+            decision = await limiter.check_rate(caller.key_id, caller.rate_per_second, caller.burst)
+        except LimiterUnavailable:
+            raise Problem(
+                503, "Rate limits cannot be checked right now", headers={"Retry-After": "2"}
+            ) from None
+        if not decision.allowed:
+            raise Problem(
+                429,
+                f"Rate limit exceeded: {caller.rate_per_second:g} requests/s, "
+                f"bursts of {caller.burst}",
+                headers={"Retry-After": str(decision.retry_after_s)},
+                retry_after=decision.retry_after_s,
+            )
+    return caller
+
+
+def get_principal(caller: Annotated[Caller, Depends(get_caller)]) -> common_pb2.Principal:
+    """The authenticated principal every orchestrator call carries."""
+    return caller.principal
+
+
+async def get_stream_slot(
+    caller: Annotated[Caller, Depends(get_caller)],
+    limiter: Annotated[Limiter | None, Depends(get_limiter)],
+) -> AsyncIterator[StreamSlot]:
+    """Lease one of the key's concurrent-stream slots (429 when all are taken).
+
+    The route hands the slot to its response (`slot.wrap`), which releases it when the stream
+    ends or the client goes away; if the request fails before that (invalid body, unknown
+    thread), the slot is released here.
+    """
+    if limiter is None or caller.max_streams <= 0:
+        yield StreamSlot(None, caller.key_id, "")
+        return
+    try:
+        slot = await limiter.acquire_slot(caller.key_id, caller.max_streams)
+    except LimiterUnavailable:
+        raise Problem(
+            503, "Stream limits cannot be checked right now", headers={"Retry-After": "2"}
+        ) from None
+    if slot is None:
+        raise Problem(
+            429,
+            f"Too many concurrent streams for this key (at most {caller.max_streams}); "
+            "close one and retry",
+            headers={"Retry-After": "1"},
+            retry_after=1,
+        )
+    try:
+        yield slot
+    finally:
+        if not slot.handed_over:
+            await slot.release()
+
+
+def last_event_id(
+    value: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            max_length=64,
+            description="Resume after this event id (SSE reconnects send it).",
+        ),
+    ] = None,
+) -> str | None:
+    """The SSE `Last-Event-ID` header."""
+    return value
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 OrchestratorDep = Annotated[OrchestratorStub, Depends(get_orchestrator)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 PrincipalDep = Annotated[common_pb2.Principal, Depends(get_principal)]
+StreamSlotDep = Annotated[StreamSlot, Depends(get_stream_slot)]
+LastEventIdDep = Annotated[str | None, Depends(last_event_id)]

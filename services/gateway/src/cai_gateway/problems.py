@@ -24,9 +24,12 @@ _TITLES = {
     409: "Conflict",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    416: "Range Not Satisfiable",
+    406: "Not Acceptable",
     422: "Unprocessable Content",
     429: "Too Many Requests",
     500: "Internal Server Error",
+    501: "Not Implemented",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
@@ -44,6 +47,8 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.CANCELLED: 503,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.OUT_OF_RANGE: 422,
 }
 
 
@@ -97,34 +102,64 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> Problem:
     return Problem(status, exc.details() or code.name)
 
 
+OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error(status: int, detail: str) -> dict[str, Any]:
+    """OpenAI's error object, added to problems on /v1 routes so OpenAI clients show the detail."""
+    kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
+    return {"message": detail, "type": kind, "param": None, "code": str(status)}
+
+
+def respond(
+    request: Request,
+    status: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """A problem response; on the OpenAI-compatible routes it also carries `error`."""
+    if request.url.path.startswith("/v1/"):
+        extra.setdefault("error", openai_error(status, detail))
+    return problem_response(status, detail, headers, **extra)
+
+
 def install(app: FastAPI) -> None:
     """Register handlers so no error escapes as a traceback or a bare 500."""
 
     @app.exception_handler(Problem)
-    async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.detail, exc.headers, **exc.extra)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return respond(request, exc.status, exc.detail, exc.headers, **exc.extra)
 
     @app.exception_handler(grpc.aio.AioRpcError)
-    async def _rpc(_: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+    async def _rpc(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
         p = from_rpc_error(exc)
-        return problem_response(p.status, p.detail, p.headers)
+        return respond(request, p.status, p.detail, p.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()
         ]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
-        return problem_response(422, f"{where}: {first['msg']}", errors=errors)
+        return respond(request, 422, f"{where}: {first['msg']}", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers) if exc.headers else None
-        return problem_response(exc.status_code, str(exc.detail), headers)
+        return respond(request, exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return problem_response(500, "An unexpected error occurred; it has been logged")
+        return respond(request, 500, "An unexpected error occurred; it has been logged")

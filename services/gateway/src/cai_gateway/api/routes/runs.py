@@ -1,30 +1,70 @@
-"""Runs on threads: create, stream, join, get, list, cancel (LangGraph Server's routes)."""
+"""Runs: create, stream, wait, join, get, list, cancel and delete (LangGraph Server's routes),
+on a thread or stateless (a temporary thread the orchestrator drops when the run ends)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import asyncio
+import time
+from typing import Annotated, Any, Literal
+from uuid import UUID
 
+import grpc
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
+from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
+from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
+from cai_gateway.api.openapi import ERRORS, json_ok, sse_ok
+from cai_gateway.config import Settings
 from cai_gateway.convert import create_run_request
-from cai_gateway.deps import OrchestratorDep, PrincipalDep, SettingsDep
-from cai_gateway.schemas import RunCreate
-from cai_gateway.sse import open_stream
+from cai_gateway.deps import (
+    LastEventIdDep,
+    OrchestratorDep,
+    PrincipalDep,
+    SettingsDep,
+    StreamSlotDep,
+)
+from cai_gateway.limits import StreamSlot, message_limit_violation
+from cai_gateway.models import Run
+from cai_gateway.problems import Problem, from_rpc_error
+from cai_gateway.schemas import RunCreate, RunsCancel
+from cai_gateway.sse import Outcome, drain, follow, open_feed, open_stream, tracked, with_heartbeats
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["runs"], responses=ERRORS)
 
 JSON = "application/json"
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)]
-LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=256,
+        description="Retrying a create with the same key returns the same run.",
+    ),
+]
+
+SSE_DOC = (
+    "Server-sent events: `id:` (unique, increasing; send it back as `Last-Event-ID` to resume), "
+    "`event:` (metadata, values, updates, messages, custom, status, retry, then one of end, "
+    "error, cancelled, timeout) and `data:` (JSON). `reconnect` asks the client to reconnect "
+    "(the gateway is shutting down). The `Location` header is where to reconnect."
+)
+WAIT_DOC = (
+    "The thread's final values (JSON). Whitespace is sent while the run is going, to keep the "
+    'connection alive. A run that failed answers `{"__error__": {error, message}}`. If the '
+    "connection drops, GET the `Location` (…/join) to get the result."
+)
 
 
-def _sse(request: Request, body: object, headers: dict[str, str] | None = None) -> Response:
-    settings = request.app.state.settings
+def sse_response(
+    request: Request, body: Any, slot: StreamSlot, headers: dict[str, str] | None = None
+) -> Response:
+    """An SSE response holding `slot` until the stream ends (heartbeats, graceful shutdown)."""
+    settings: Settings = request.app.state.settings
     return EventSourceResponse(
-        body,  # type: ignore[arg-type]
+        slot.wrap(tracked(body, "langgraph")),
         ping=settings.sse_ping_seconds,
         headers=headers,
         shutdown_event=request.app.state.shutdown_event,
@@ -32,112 +72,382 @@ def _sse(request: Request, body: object, headers: dict[str, str] | None = None) 
     )
 
 
-@router.post("/threads/{thread_id}/runs")
+def check_input(body: RunCreate, settings: Settings) -> None:
+    """Enforce the message limits on `input.messages` (422)."""
+    why = message_limit_violation(
+        body.input_messages(), settings.max_messages, settings.max_message_chars
+    )
+    if why:
+        raise Problem(422, f"input.messages: {why}")
+
+
 async def create_run(
+    orch: OrchestratorStub,
+    settings: Settings,
+    request: pb.CreateRunRequest,
+) -> tuple[bytes, dict[str, Any]]:
+    """CreateRun; returns the run's JSON as relayed and as parsed."""
+    reply = await orch.CreateRun(request, timeout=settings.rpc_timeout_seconds)
+    run: dict[str, Any] = orjson.loads(reply.json)
+    return reply.json, run
+
+
+def run_path(run: dict[str, Any]) -> str:
+    """The run's URL path (stateless runs too: their temporary thread id)."""
+    return f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+
+
+# -- create ------------------------------------------------------------------------------------
+
+
+async def _create_background(
     thread_id: str,
+    body: RunCreate,
+    principal: common_pb2.Principal,
+    orch: OrchestratorStub,
+    settings: Settings,
+    idempotency_key: str | None,
+) -> Response:
+    check_input(body, settings)
+    raw, run = await create_run(
+        orch, settings, create_run_request(principal, thread_id, body, idempotency_key)
+    )
+    return Response(raw, media_type=JSON, headers={"Content-Location": run_path(run)})
+
+
+@router.post("/threads/{thread_id}/runs", responses=json_ok(Run))
+async def create_thread_run(
+    thread_id: UUID,
     body: RunCreate,
     principal: PrincipalDep,
     orch: OrchestratorDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    """Create a background run."""
-    reply = await orch.CreateRun(
-        create_run_request(principal, thread_id, body, idempotency_key),
-        timeout=settings.rpc_timeout_seconds,
+    """Create a background run on a thread."""
+    return await _create_background(
+        str(thread_id), body, principal, orch, settings, idempotency_key
     )
-    run = orjson.loads(reply.json)
-    location = f"/threads/{thread_id}/runs/{run['run_id']}"
-    return Response(reply.json, media_type=JSON, headers={"Content-Location": location})
 
 
-@router.post("/threads/{thread_id}/runs/stream")
-async def create_and_stream_run(
+@router.post("/runs", responses=json_ok(Run))
+async def create_stateless_run(
+    body: RunCreate,
+    principal: PrincipalDep,
+    orch: OrchestratorDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Create a background run on a temporary thread (deleted when the run ends)."""
+    return await _create_background("", body, principal, orch, settings, idempotency_key)
+
+
+# -- stream ------------------------------------------------------------------------------------
+
+
+async def _create_and_stream(
     thread_id: str,
     body: RunCreate,
     request: Request,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
-    settings: SettingsDep,
-    idempotency_key: IdempotencyKey = None,
+    principal: common_pb2.Principal,
+    orch: OrchestratorStub,
+    settings: Settings,
+    slot: StreamSlot,
+    idempotency_key: str | None,
 ) -> Response:
-    """Create a run and stream its events (SSE). Reconnect at the Location with Last-Event-ID."""
-    reply = await orch.CreateRun(
-        create_run_request(principal, thread_id, body, idempotency_key),
-        timeout=settings.rpc_timeout_seconds,
+    started = time.perf_counter()
+    check_input(body, settings)
+    # Stateless runs are cancelled when their client goes (LangGraph Server's default).
+    on_disconnect = body.on_disconnect or ("cancel" if not thread_id else "continue")
+    _, run = await create_run(
+        orch,
+        settings,
+        create_run_request(
+            principal, thread_id, body, idempotency_key, on_disconnect=on_disconnect
+        ),
     )
-    run_id = orjson.loads(reply.json)["run_id"]
     stream = await open_stream(
         orch,
         pb.StreamRunRequest(
             principal=principal,
-            thread_id=thread_id,
-            run_id=run_id,
-            cancel_on_disconnect=body.on_disconnect == "cancel",
+            thread_id=run["thread_id"],
+            run_id=run["run_id"],
+            cancel_on_disconnect=on_disconnect == "cancel",
         ),
         request.app.state.shutdown_event,
+        started,
     )
-    location = f"/threads/{thread_id}/runs/{run_id}"
-    return _sse(request, stream, {"Location": f"{location}/stream", "Content-Location": location})
+    location = run_path(run)
+    return sse_response(
+        request,
+        stream,
+        slot,
+        {"Location": f"{location}/stream", "Content-Location": location},
+    )
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}/stream")
-async def join_run_stream(
-    thread_id: str,
-    run_id: str,
+@router.post(
+    "/threads/{thread_id}/runs/stream",
+    response_class=EventSourceResponse,
+    responses=sse_ok(SSE_DOC),
+)
+async def create_and_stream_thread_run(
+    thread_id: UUID,
+    body: RunCreate,
     request: Request,
     principal: PrincipalDep,
     orch: OrchestratorDep,
-    last_event_id: LastEventId = None,
+    settings: SettingsDep,
+    slot: StreamSlotDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Create a run on a thread and stream its events. Reconnect at `Location` with
+    Last-Event-ID."""
+    return await _create_and_stream(
+        str(thread_id), body, request, principal, orch, settings, slot, idempotency_key
+    )
+
+
+@router.post("/runs/stream", response_class=EventSourceResponse, responses=sse_ok(SSE_DOC))
+async def create_and_stream_stateless_run(
+    body: RunCreate,
+    request: Request,
+    principal: PrincipalDep,
+    orch: OrchestratorDep,
+    settings: SettingsDep,
+    slot: StreamSlotDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Create a stateless run and stream its events (cancelled on disconnect unless
+    on_disconnect=continue)."""
+    return await _create_and_stream(
+        "", body, request, principal, orch, settings, slot, idempotency_key
+    )
+
+
+@router.get(
+    "/threads/{thread_id}/runs/{run_id}/stream",
+    response_class=EventSourceResponse,
+    responses=sse_ok(SSE_DOC),
+)
+async def join_run_stream(
+    thread_id: UUID,
+    run_id: UUID,
+    request: Request,
+    principal: PrincipalDep,
+    orch: OrchestratorDep,
+    slot: StreamSlotDep,
+    last_event_id: LastEventIdDep = None,
     cancel_on_disconnect: bool = False,
 ) -> Response:
-    """Join a run's event stream; with Last-Event-ID, resume right after that event."""
+    """Join a run's event stream from the start; with Last-Event-ID, right after that event."""
     stream = await open_stream(
         orch,
         pb.StreamRunRequest(
             principal=principal,
-            thread_id=thread_id,
-            run_id=run_id,
+            thread_id=str(thread_id),
+            run_id=str(run_id),
             after_event_id=last_event_id or "",
             cancel_on_disconnect=cancel_on_disconnect,
         ),
         request.app.state.shutdown_event,
     )
-    return _sse(request, stream)
+    return sse_response(request, stream, slot)
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}")
-async def get_run(
+# -- wait and join -----------------------------------------------------------------------------
+
+
+def error_body(outcome: Outcome) -> bytes:
+    """LangGraph Server's body for a run that did not succeed."""
+    if outcome.terminal == "error":
+        return b'{"__error__":' + outcome.data + b"}"
+    message = {
+        "cancelled": "The run was cancelled",
+        "timeout": "The run passed its deadline",
+    }.get(outcome.terminal, "The run did not finish")
+    return orjson.dumps({"__error__": {"error": outcome.terminal, "message": message}})
+
+
+async def _thread_values(
+    orch: OrchestratorStub, principal: common_pb2.Principal, thread_id: str, settings: Settings
+) -> bytes | None:
+    """The thread's current values; None when the thread is gone (stateless runs)."""
+    try:
+        reply = await orch.GetThreadState(
+            pb.GetThreadStateRequest(principal=principal, thread_id=thread_id),
+            timeout=settings.rpc_timeout_seconds,
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+    return orjson.dumps(orjson.loads(reply.json).get("values"))
+
+
+async def _result(
+    orch: OrchestratorStub,
+    principal: common_pb2.Principal,
+    settings: Settings,
     thread_id: str,
-    run_id: str,
+    outcome: Outcome,
+    prefer_state: bool,
+) -> bytes:
+    if outcome.terminal != "end":
+        return error_body(outcome)
+    if prefer_state or outcome.last_values is None:
+        values = await _thread_values(orch, principal, thread_id, settings)
+        if values is not None:
+            return values
+    return outcome.last_values or b"null"
+
+
+def _wait_response(
+    request: Request, work: Any, slot: StreamSlot, headers: dict[str, str]
+) -> Response:
+    settings: Settings = request.app.state.settings
+    body = with_heartbeats(work, settings.sse_ping_seconds)
+    return StreamingResponse(slot.wrap(tracked(body, "wait")), media_type=JSON, headers=headers)
+
+
+async def _create_and_wait(
+    thread_id: str,
+    body: RunCreate,
+    request: Request,
+    principal: common_pb2.Principal,
+    orch: OrchestratorStub,
+    settings: Settings,
+    slot: StreamSlot,
+    idempotency_key: str | None,
+) -> Response:
+    check_input(body, settings)
+    on_disconnect = body.on_disconnect or ("cancel" if not thread_id else "continue")
+    modes = list(dict.fromkeys([*body.modes(), "values"]))
+    _, run = await create_run(
+        orch,
+        settings,
+        create_run_request(
+            principal,
+            thread_id,
+            body,
+            idempotency_key,
+            stream_modes=modes,
+            on_disconnect=on_disconnect,
+        ),
+    )
+    stream_request = pb.StreamRunRequest(
+        principal=principal,
+        thread_id=run["thread_id"],
+        run_id=run["run_id"],
+        cancel_on_disconnect=on_disconnect == "cancel",
+    )
+    shutdown = request.app.state.shutdown_event
+    feed = await open_feed(orch, stream_request, shutdown)
+
+    async def result() -> bytes:
+        outcome = await drain(follow(orch, stream_request, shutdown, feed))
+        return await _result(orch, principal, settings, run["thread_id"], outcome, False)
+
+    location = run_path(run)
+    return _wait_response(
+        request, result(), slot, {"Location": f"{location}/join", "Content-Location": location}
+    )
+
+
+@router.post("/threads/{thread_id}/runs/wait", responses=json_ok(dict[str, Any], WAIT_DOC))
+async def create_and_wait_thread_run(
+    thread_id: UUID,
+    body: RunCreate,
+    request: Request,
+    principal: PrincipalDep,
+    orch: OrchestratorDep,
+    settings: SettingsDep,
+    slot: StreamSlotDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Create a run on a thread, wait for it and return the thread's final values."""
+    return await _create_and_wait(
+        str(thread_id), body, request, principal, orch, settings, slot, idempotency_key
+    )
+
+
+@router.post("/runs/wait", responses=json_ok(dict[str, Any], WAIT_DOC))
+async def create_and_wait_stateless_run(
+    body: RunCreate,
+    request: Request,
+    principal: PrincipalDep,
+    orch: OrchestratorDep,
+    settings: SettingsDep,
+    slot: StreamSlotDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Create a stateless run, wait for it and return its final values."""
+    return await _create_and_wait(
+        "", body, request, principal, orch, settings, slot, idempotency_key
+    )
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}/join", responses=json_ok(dict[str, Any], WAIT_DOC))
+async def join_run(
+    thread_id: UUID,
+    run_id: UUID,
+    request: Request,
+    principal: PrincipalDep,
+    orch: OrchestratorDep,
+    settings: SettingsDep,
+    slot: StreamSlotDep,
+) -> Response:
+    """Wait for a run to end and return the thread's final values."""
+    stream_request = pb.StreamRunRequest(
+        principal=principal, thread_id=str(thread_id), run_id=str(run_id)
+    )
+    shutdown = request.app.state.shutdown_event
+    feed = await open_feed(orch, stream_request, shutdown)
+
+    async def result() -> bytes:
+        outcome = await drain(follow(orch, stream_request, shutdown, feed))
+        return await _result(orch, principal, settings, str(thread_id), outcome, True)
+
+    return _wait_response(request, result(), slot, {})
+
+
+# -- read, cancel, delete ----------------------------------------------------------------------
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}", responses=json_ok(Run))
+async def get_run(
+    thread_id: UUID,
+    run_id: UUID,
     principal: PrincipalDep,
     orch: OrchestratorDep,
     settings: SettingsDep,
 ) -> Response:
-    """Get a run."""
+    """Get a run (a pending run shows its queue position)."""
     reply = await orch.GetRun(
-        pb.GetRunRequest(principal=principal, thread_id=thread_id, run_id=run_id),
+        pb.GetRunRequest(principal=principal, thread_id=str(thread_id), run_id=str(run_id)),
         timeout=settings.rpc_timeout_seconds,
     )
     return Response(reply.json, media_type=JSON)
 
 
-@router.get("/threads/{thread_id}/runs")
+RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
+
+
+@router.get("/threads/{thread_id}/runs", responses=json_ok(list[Run]))
 async def list_runs(
-    thread_id: str,
+    thread_id: UUID,
     principal: PrincipalDep,
     orch: OrchestratorDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    status: Literal["pending", "running", "success", "error", "timeout", "interrupted"]
-    | None = None,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    status: RunStatus | None = None,
 ) -> Response:
     """List a thread's runs, newest first."""
     reply = await orch.ListRuns(
         pb.ListRunsRequest(
             principal=principal,
-            thread_id=thread_id,
+            thread_id=str(thread_id),
             limit=limit,
             offset=offset,
             status=status or "",
@@ -147,10 +457,10 @@ async def list_runs(
     return Response(reply.json, media_type=JSON)
 
 
-@router.post("/threads/{thread_id}/runs/{run_id}/cancel")
+@router.post("/threads/{thread_id}/runs/{run_id}/cancel", responses=json_ok(Run))
 async def cancel_run(
-    thread_id: str,
-    run_id: str,
+    thread_id: UUID,
+    run_id: UUID,
     principal: PrincipalDep,
     orch: OrchestratorDep,
     settings: SettingsDep,
@@ -160,8 +470,96 @@ async def cancel_run(
     """Cancel a run (a no-op that reports the final status if it already ended)."""
     reply = await orch.CancelRun(
         pb.CancelRunRequest(
-            principal=principal, thread_id=thread_id, run_id=run_id, action=action, wait=wait
+            principal=principal,
+            thread_id=str(thread_id),
+            run_id=str(run_id),
+            action=action,
+            wait=wait,
         ),
         timeout=settings.rpc_timeout_seconds + (60 if wait else 0),
     )
     return Response(reply.json, media_type=JSON)
+
+
+@router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204, response_class=Response)
+async def delete_run(
+    thread_id: UUID,
+    run_id: UUID,
+    principal: PrincipalDep,
+    orch: OrchestratorDep,
+    settings: SettingsDep,
+) -> Response:
+    """Delete a finished run (409 while it is pending or running)."""
+    await orch.DeleteRun(
+        pb.GetRunRequest(principal=principal, thread_id=str(thread_id), run_id=str(run_id)),
+        timeout=settings.rpc_timeout_seconds,
+    )
+    return Response(status_code=204)
+
+
+async def _runs_to_cancel(
+    body: RunsCancel,
+    principal: common_pb2.Principal,
+    orch: OrchestratorStub,
+    settings: Settings,
+) -> list[tuple[str, str]]:
+    """(thread id, run id) of the runs a bulk cancel names or selects by status."""
+    thread_id = str(body.thread_id) if body.thread_id else ""
+    if body.run_ids:
+        return [(thread_id, str(r)) for r in dict.fromkeys(body.run_ids)]
+    wanted = {"pending", "running"} if body.status == "all" else {body.status or ""}
+    if thread_id:
+        threads = [thread_id]
+    else:
+        reply = await orch.SearchThreads(
+            pb.SearchThreadsRequest(principal=principal, status="busy", limit=1000),
+            timeout=settings.rpc_timeout_seconds,
+        )
+        threads = [t["thread_id"] for t in orjson.loads(reply.json)]
+    found: list[tuple[str, str]] = []
+    for tid in threads:
+        for status in sorted(wanted):
+            reply = await orch.ListRuns(
+                pb.ListRunsRequest(principal=principal, thread_id=tid, limit=1000, status=status),
+                timeout=settings.rpc_timeout_seconds,
+            )
+            found += [(tid, r["run_id"]) for r in orjson.loads(reply.json)]
+    return found
+
+
+@router.post("/runs/cancel", status_code=204, response_class=Response)
+async def cancel_runs(
+    body: RunsCancel,
+    principal: PrincipalDep,
+    orch: OrchestratorDep,
+    settings: SettingsDep,
+    action: Literal["interrupt", "rollback"] = "interrupt",
+) -> Response:
+    """Cancel runs by id (on a thread or not), or every pending/running run of a thread or of
+    the caller's threads."""
+    if not body.run_ids and not body.status:
+        raise Problem(422, "give run_ids, or a status (pending, running or all)")
+    if body.run_ids and body.status:
+        raise Problem(422, "give either run_ids or status, not both")
+    targets = await _runs_to_cancel(body, principal, orch, settings)
+    limit = asyncio.Semaphore(16)
+
+    async def cancel(thread_id: str, run_id: str) -> bool:
+        async with limit:
+            try:
+                await orch.CancelRun(
+                    pb.CancelRunRequest(
+                        principal=principal, thread_id=thread_id, run_id=run_id, action=action
+                    ),
+                    timeout=settings.rpc_timeout_seconds,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return False
+                raise from_rpc_error(exc) from None
+            return True
+
+    done = await asyncio.gather(*(cancel(t, r) for t, r in targets))
+    if body.run_ids and not any(done):
+        raise Problem(404, "None of the runs was found")
+    return Response(status_code=204)

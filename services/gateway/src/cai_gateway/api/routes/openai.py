@@ -1,0 +1,277 @@
+"""OpenAI-compatible chat completions and models: `model` is an assistant id.
+
+Stateless by default (the request's messages are the whole conversation). With a thread id, in
+the `X-Cai-Thread-Id` header or `metadata.thread_id`, the thread keeps the history: only the
+messages after the last assistant message of the request are added to it (created on first use).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Header, Request, Response
+from sse_starlette import EventSourceResponse
+
+from cai.v1 import common_pb2
+from cai.v1 import orchestrator_pb2 as pb
+from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
+from cai_gateway.api.openapi import ERRORS, json_ok
+from cai_gateway.config import Settings
+from cai_gateway.convert import message_run_request
+from cai_gateway.deps import OrchestratorDep, PrincipalDep, SettingsDep, StreamSlotDep
+from cai_gateway.dialects import (
+    DONE,
+    AnswerText,
+    CompletionIds,
+    ai_text_and_usage,
+    chunk,
+    error_chunk,
+    error_message,
+    usage_chunk,
+)
+from cai_gateway.limits import message_limit_violation
+from cai_gateway.models import ChatCompletion, OpenAIModel, OpenAIModelList
+from cai_gateway.problems import Problem
+from cai_gateway.schemas import AssistantIdPath, ChatCompletionRequest
+from cai_gateway.sse import (
+    TERMINAL_EVENTS,
+    TIME_TO_FIRST_TOKEN,
+    StreamInterrupted,
+    follow,
+    open_feed,
+    tracked,
+)
+
+router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS)
+
+THREAD_HEADER = "X-Cai-Thread-Id"
+ThreadHeader = Annotated[
+    UUID | None,
+    Header(
+        alias=THREAD_HEADER,
+        description="Make the completion stateful: the thread keeps the conversation.",
+    ),
+]
+STREAM_DOC = (
+    "With `stream: true`: `text/event-stream` of `chat.completion.chunk` objects, then "
+    '`data: [DONE]`. An error after the stream started arrives as `data: {"error": {...}}`.'
+)
+
+
+def _thread_id(header: UUID | None, body: ChatCompletionRequest) -> str:
+    if header is not None:
+        return str(header)
+    raw = (body.metadata or {}).get("thread_id")
+    if raw is None:
+        return ""
+    try:
+        return str(UUID(raw))
+    except ValueError:
+        raise Problem(422, "metadata.thread_id: not a UUID") from None
+
+
+def _input_messages(body: ChatCompletionRequest, stateful: bool) -> list[dict[str, Any]]:
+    """LangGraph input messages; with a thread, only those after the last assistant turn."""
+    messages = body.messages
+    if stateful:
+        last_ai = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=-1)
+        messages = messages[last_ai + 1 :]
+        if not messages:
+            raise Problem(422, "messages: nothing new after the last assistant message")
+    out = []
+    for i, m in enumerate(messages):
+        try:
+            text = m.text()
+        except ValueError as exc:
+            raise Problem(422, f"messages[{i}].content: {exc}") from None
+        role = "system" if m.role == "developer" else m.role
+        out.append({"role": role, "content": text})
+    return out
+
+
+async def _models(
+    orch: OrchestratorStub, principal: common_pb2.Principal, settings: Settings
+) -> list[dict[str, Any]]:
+    reply = await orch.SearchAssistants(
+        pb.SearchAssistantsRequest(principal=principal, limit=1000),
+        timeout=settings.rpc_timeout_seconds,
+    )
+    return [_model(a) for a in orjson.loads(reply.json)]
+
+
+def _model(assistant: dict[str, Any]) -> dict[str, Any]:
+    created = assistant.get("created_at") or ""
+    try:
+        stamp = int(datetime.fromisoformat(created).timestamp())
+    except ValueError:
+        stamp = 0
+    return {"id": assistant["assistant_id"], "object": "model", "created": stamp, "owned_by": "cai"}
+
+
+@router.get("/models", responses=json_ok(OpenAIModelList))
+async def list_models(
+    principal: PrincipalDep, orch: OrchestratorDep, settings: SettingsDep
+) -> Response:
+    """The assistants, as OpenAI models."""
+    data = await _models(orch, principal, settings)
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+@router.get("/models/{model}", responses=json_ok(OpenAIModel))
+async def get_model(
+    model: AssistantIdPath, principal: PrincipalDep, orch: OrchestratorDep, settings: SettingsDep
+) -> Response:
+    """One assistant, as an OpenAI model."""
+    reply = await orch.GetAssistant(
+        pb.GetAssistantRequest(principal=principal, assistant_id=model),
+        timeout=settings.rpc_timeout_seconds,
+    )
+    return Response(orjson.dumps(_model(orjson.loads(reply.json))), media_type="application/json")
+
+
+@router.post(
+    "/chat/completions",
+    responses={
+        200: {
+            "model": ChatCompletion,
+            "description": "The completion (`stream: false`), or its chunks as SSE. " + STREAM_DOC,
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    request: Request,
+    principal: PrincipalDep,
+    orch: OrchestratorDep,
+    settings: SettingsDep,
+    slot: StreamSlotDep,
+    thread_header: ThreadHeader = None,
+) -> Response:
+    """Chat with an assistant (`model`), streamed or not; stateful with X-Cai-Thread-Id."""
+    started = time.perf_counter()
+    thread_id = _thread_id(thread_header, body)
+    messages = _input_messages(body, bool(thread_id))
+    why = message_limit_violation(messages, settings.max_messages, settings.max_message_chars)
+    if why:
+        raise Problem(422, f"messages: {why}")
+    reply = await orch.CreateRun(
+        message_run_request(
+            principal,
+            thread_id=thread_id,
+            assistant_id=body.model,
+            messages=messages,
+            stream_modes=["messages-tuple"],
+            metadata={"api": "openai", **({"user": body.user} if body.user else {})},
+            # An OpenAI client cannot resume a stream: when it goes, the run stops.
+            on_disconnect="cancel",
+        ),
+        timeout=settings.rpc_timeout_seconds,
+    )
+    run = orjson.loads(reply.json)
+    stream_request = pb.StreamRunRequest(
+        principal=principal,
+        thread_id=run["thread_id"],
+        run_id=run["run_id"],
+        cancel_on_disconnect=True,
+    )
+    shutdown = request.app.state.shutdown_event
+    feed = await open_feed(orch, stream_request, shutdown)
+    batches = follow(orch, stream_request, shutdown, feed)
+    ids = CompletionIds(
+        id=f"chatcmpl-{run['run_id']}",
+        created=int(time.time()),
+        model=body.model,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+    )
+    headers = {THREAD_HEADER: thread_id} if thread_id else {}
+    if body.stream:
+        return EventSourceResponse(
+            slot.wrap(tracked(_stream(batches, ids, started), "openai")),
+            ping=settings.sse_ping_seconds,
+            headers=headers,
+        )
+    return await _complete(batches, ids, headers)  # the slot is released after it
+
+
+async def _stream(
+    batches: AsyncIterator[Any], ids: CompletionIds, started: float
+) -> AsyncIterator[bytes]:
+    answer = AnswerText()
+    first_token = True
+    yield chunk(ids, {"role": "assistant", "content": ""})
+    try:
+        async for events in batches:
+            out: list[bytes] = []
+            for e in events:
+                if e.event == "messages":
+                    text, usage = ai_text_and_usage(e.data)
+                    if usage:
+                        answer.add_usage(usage)
+                    delta = answer.add(text)
+                    if delta:
+                        if first_token:
+                            TIME_TO_FIRST_TOKEN.labels("edge").observe(
+                                time.perf_counter() - started
+                            )
+                            first_token = False
+                        out.append(chunk(ids, {"content": delta}))
+                elif e.event == "retry":
+                    answer.retry()
+                elif e.event == "end":
+                    out.append(chunk(ids, {}, "stop"))
+                    if ids.include_usage:
+                        out.append(usage_chunk(ids, answer.openai_usage()))
+                    out.append(DONE)
+                elif e.event in TERMINAL_EVENTS:
+                    out.append(error_chunk(error_message(e.event, e.data)))
+            if out:
+                yield b"".join(out)
+    except StreamInterrupted as exc:
+        yield error_chunk(f"The answer was interrupted: {exc}; retry the request")
+
+
+async def _complete(
+    batches: AsyncIterator[Any], ids: CompletionIds, headers: dict[str, str]
+) -> Response:
+    answer = AnswerText()
+    terminal, data = "", b""
+    try:
+        async for events in batches:
+            for e in events:
+                if e.event == "messages":
+                    text, usage = ai_text_and_usage(e.data)
+                    if usage:
+                        answer.add_usage(usage)
+                    answer.add(text)
+                elif e.event == "retry":
+                    answer.retry()
+                elif e.event in TERMINAL_EVENTS:
+                    terminal, data = e.event, e.data
+    except StreamInterrupted as exc:
+        raise Problem(503, f"The answer was interrupted: {exc}", {"Retry-After": "1"}) from None
+    if terminal not in ("end", ""):
+        status = {"timeout": 504, "cancelled": 409}.get(terminal, 502)
+        raise Problem(status, error_message(terminal, data))
+    body = {
+        "id": ids.id,
+        "object": "chat.completion",
+        "created": ids.created,
+        "model": ids.model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.sent, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": answer.openai_usage(),
+    }
+    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
