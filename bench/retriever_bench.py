@@ -157,6 +157,13 @@ async def run(sizes: list[int], queries: int, out: Path) -> None:
                 plain = await search_latencies(stub, rng, queries, False)
                 filtered = await search_latencies(stub, rng, queries // 2, True)
                 qps = await concurrent_qps(stub, rng, queries, 8)
+                # Split a search's time: the query embedding alone, in-process.
+                assert server.embedder is not None
+                embed_times = []
+                for _ in range(min(queries, 50)):
+                    started = time.perf_counter()
+                    await server.embedder.embed_query(f"{rng.choice(TOPICS)} {rng.choice(WORDS)}")
+                    embed_times.append(time.perf_counter() - started)
                 stats = await stub.Stats(
                     retriever_pb2.StatsRequest(principal=PRINCIPAL, collection="bench")
                 )
@@ -173,6 +180,8 @@ async def run(sizes: list[int], queries: int, out: Path) -> None:
                     "filtered_search_p50_ms": round(statistics.median(filtered) * 1000, 1),
                     "filtered_search_p95_ms": round(percentile(filtered, 0.95) * 1000, 1),
                     "search_qps_concurrency_8": round(qps, 1),
+                    "query_embed_p50_ms": round(statistics.median(embed_times) * 1000, 1),
+                    "load_average_1m": round(os.getloadavg()[0], 2),
                     "queries": queries,
                     "model": stats.embedding_model,
                     "store": "qdrant-local",
