@@ -117,7 +117,14 @@ class AssistantsError(ValueError):
     """The assistants file is invalid; the message names the bad field."""
 
 
-DEFAULT = Assistant(id="chat", name="Chat", description="Cai's default assistant")
+# Used when no ASSISTANTS_FILE is given: answers grounded in the retriever's default collection
+# (`make up` ingests docs/ there). Without a retriever it still answers, saying it lacked context.
+DEFAULT = Assistant(
+    id="chat",
+    name="Chat",
+    description="Cai's default assistant",
+    retrieval=RetrievalSettings(enabled=True),
+)
 
 
 class Assistants:

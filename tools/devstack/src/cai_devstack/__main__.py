@@ -54,6 +54,12 @@ def up() -> int:
     config = StackConfig(
         run_dir=RUN_DIR,
         gateway_port=env_int("GATEWAY_PORT", 8080),
+        redis_port=env_int("REDIS_PORT", 6390),
+        llm_sim_port=env_int("LLM_SIM_PORT", 8090),
+        retriever_port=env_int("RETRIEVER_PORT", 50052),
+        orchestrator_port=env_int("ORCHESTRATOR_PORT", 50051),
+        orchestrator_metrics_port=env_int("ORCHESTRATOR_METRICS_PORT", 9464),
+        retriever_metrics_port=env_int("RETRIEVER_METRICS_PORT", 9465),
         orchestrator_replicas=env_int("ORCHESTRATOR_REPLICAS", 1),
         gateway_replicas=env_int("GATEWAY_REPLICAS", 1),
         redis_url=os.environ.get("REDIS_URL") or None,
