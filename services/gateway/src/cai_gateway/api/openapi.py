@@ -70,8 +70,10 @@ def install(app: FastAPI) -> None:
                     if status[:1] in ("4", "5") and "application/json" in content:
                         content["application/problem+json"] = content.pop("application/json")
                     elif "text/event-stream" in content:
+                        # FastAPI adds an untyped JSON body to every route; drop it on SSE routes.
                         for other in [k for k in content if k != "text/event-stream"]:
-                            del content[other]
+                            if not content[other].get("schema"):
+                                del content[other]
         app.openapi_schema = schema
         return schema
 
