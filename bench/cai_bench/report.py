@@ -1,0 +1,363 @@
+"""Markdown tables and a PNG plot from a run's JSON lines.
+
+`python -m cai_bench.report bench/results/<run>.jsonl` redraws both from a saved run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+CAI_PROCS = ("gateway", "orchestrator", "redis")
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    """The records of one run."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _f(x: Any, digits: int = 1) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def _ratio(x: Any) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def _streams(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("scenario") == "stream" and "cai" in r]
+
+
+def markdown(records: list[dict[str, Any]]) -> str:
+    """The summary tables of docs/performance.md."""
+    out: list[str] = []
+    meta = next((r for r in records if r.get("scenario") == "meta"), {})
+    end = next((r for r in records if r.get("scenario") == "end"), {})
+    m = meta.get("machine", {})
+    if m:
+        out.append(
+            f"Run `{meta.get('run_id')}` on {m.get('nproc')} × {m.get('cpu_model')}, "
+            f"{m.get('ram_gib')} GiB RAM, Python {m.get('python')}, "
+            f"commit `{m.get('git_commit')}`; "
+            f"load average {m.get('loadavg_at_start')} at start, {end.get('loadavg_at_end')} at "
+            f"end; {end.get('total_s')} s in all."
+        )
+        out.append("")
+    streams = _streams(records)
+    if streams:
+        out.append("**Latency and throughput** (TTFT in ms; Δ = Cai − floor at that percentile)")
+        out.append("")
+        out.append(
+            "| streams | delay | runs | Cai TTFT p50 / p95 / p99 | floor p50 / p95 / p99 "
+            "| Δ p50 / p95 / p99 | Cai tok/s | floor tok/s | Cai ÷ floor | errors "
+            "| lost / repeated |"
+        )
+        out.append("|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|")
+        for r in streams:
+            c, f, v, i = r["cai"], r["floor"], r["vs_floor"], r["integrity"]
+            ct, ft, d = c["ttft_ms"], f["ttft_ms"], v["ttft_overhead_ms"]
+            label = f"{r['concurrency']}" + (" + retrieval" if r.get("retrieval") else "")
+            lost = i["tokens_lost"]
+            repeated = i["tokens_repeated"] + i["event_ids_repeated_or_reordered"]
+            out.append(
+                f"| {label} | {r['token_delay_ms']:g} ms | {c['runs']} "
+                f"| {_f(ct['p50'])} / {_f(ct['p95'])} / {_f(ct['p99'])} "
+                f"| {_f(ft['p50'])} / {_f(ft['p95'])} / {_f(ft['p99'])} "
+                f"| {_f(d['p50'])} / {_f(d['p95'])} / {_f(d['p99'])} "
+                f"| {_f(c['tokens_per_s'], 0)} | {_f(f['tokens_per_s'], 0)} "
+                f"| {_ratio(v['tokens_per_s_ratio'])} "
+                f"| {c['errors']} + {f['errors']} | {lost} / {repeated} "
+                f"({i['text_mismatch']} of {i['streams_checked']}) |"
+            )
+        out.append("")
+        out.append(
+            "Errors: Cai + floor. Lost / repeated: tokens missing from or repeated in the stream "
+            "(plus repeated or out-of-order event ids) against the AI message Cai stored, and "
+            "how many of the checked streams differed."
+        )
+        out.append("")
+        out.append("**CPU and memory** (CPU-µs per delivered token; peak RSS in MiB)")
+        out.append("")
+        out.append(
+            "| streams | delay | gateway | orchestrator | redis | retriever | **Cai total** "
+            "| Cai CPU-s / 1k tokens | tokens / event | llm-sim (Cai run) | llm-sim (floor) "
+            "| load gen (Cai / floor) | other load | peak RSS gw / orch / redis |"
+        )
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for r in streams:
+            c, f = r["cai"], r["floor"]
+            us = c.get("cpu_us_per_token", {})
+            fus = f.get("cpu_us_per_token", {})
+            rss = c.get("peak_rss_mb", {})
+            label = f"{r['concurrency']}" + (" + retrieval" if r.get("retrieval") else "")
+            orch = sum(v for k, v in us.items() if k.startswith("orchestrator"))
+            out.append(
+                f"| {label} | {r['token_delay_ms']:g} ms | {_f(us.get('gateway'), 0)} "
+                f"| {_f(orch, 0)} | {_f(us.get('redis'), 0)} | {_f(us.get('retriever'), 0)} "
+                f"| **{_f(c.get('cai_cpu_us_per_token'), 0)}** "
+                f"| {_f(c.get('cai_cpu_s_per_1k_tokens'), 3)} | {_f(c.get('tokens_per_event'), 2)} "
+                f"| {_f(us.get('llm-sim'), 0)} | {_f(fus.get('llm-sim'), 0)} "
+                f"| {_f(us.get('loadgen'), 0)} / {_f(fus.get('loadgen'), 0)} "
+                f"| {_f(c.get('others_cpu_s'), 1)} s "
+                f"| {_f(rss.get('gateway'), 0)} / {_f(rss.get('orchestrator'), 0)} / "
+                f"{_f(rss.get('redis'), 0)} |"
+            )
+        out.append("")
+        out.append(
+            "Other load: CPU seconds used during the Cai phase by processes outside the "
+            "benchmark (other work on the machine) — noise indicator."
+        )
+        out.append("")
+    idle = [r for r in records if r.get("scenario") == "idle" and "held" in r]
+    for r in idle:
+        k = r["kib_per_connection"]
+        cpu = r["hold_cpu_ms_per_connection_per_min"]
+        out.append(
+            f"**Idle streams**: {r['held']} of {r['connections']} SSE streams held open on one "
+            f"gateway ({r['runs_executing']} runs executing, each waiting for a first token). "
+            f"RSS per connection: gateway {_f(k.get('gateway'))} KiB, orchestrator "
+            f"{_f(k.get('orchestrator'))} KiB, redis {_f(k.get('redis'))} KiB "
+            f"(gateway {_f(r['rss_before_mb'].get('gateway'))} → "
+            f"{_f(r['rss_held_mb'].get('gateway'))} MiB). CPU while idle over {r['hold_s']:g} s: "
+            f"gateway {_f(cpu.get('gateway'), 2)}, orchestrator {_f(cpu.get('orchestrator'), 2)} "
+            f"CPU-ms per connection per minute. Cancelling all took {r['cancel_all_s']} s; "
+            f"streams ended with {r['ended_with']}; errors {r['errors']}."
+        )
+        out.append("")
+    queue = [r for r in records if r.get("scenario") == "queue" and "created" in r]
+    if queue:
+        out.append(
+            "**Queue throughput** (background runs, 20 creating clients, "
+            f"{queue[0]['reply_tokens']}-token replies, 0 ms delay)"
+        )
+        out.append("")
+        out.append(
+            "| orchestrators | runs | created runs/s | completed runs/s | Cai CPU-ms / run "
+            "| statuses | errors |"
+        )
+        out.append("|---:|---:|---:|---:|---:|---|---:|")
+        for r in queue:
+            out.append(
+                f"| {r['orchestrator_replicas']} | {r['runs']} | {_f(r['created_per_s'])} "
+                f"| {_f(r['completed_per_s'])} | {_f(r['cai_cpu_ms_per_run'])} "
+                f"| {r['statuses']} | {r['errors']} |"
+            )
+        out.append("")
+    for r in records:
+        if "skipped" in r or "failed" in r:
+            out.append(f"- `{r.get('name')}`: {r.get('skipped') or 'failed: ' + r.get('failed')}")
+    prof = [r for r in records if r.get("scenario") == "profile" and "profiles" in r]
+    for r in prof:
+        out.append("")
+        out.append(profile_markdown(r))
+    return "\n".join(out).rstrip() + "\n"
+
+
+def profile_markdown(r: dict[str, Any], top: int = 12) -> str:
+    """Where each profiled process spends its CPU: by activity, then the top functions."""
+    out = [
+        f"**Profile** ({r['concurrency']} streams, 0 ms delay, py-spy `--nonblocking`, "
+        f"{r['cai'].get('runs')} streams): {_f(r['cai'].get('tokens_per_s'), 0)} tok/s, "
+        f"{_f(r['cai'].get('cai_cpu_us_per_token'), 0)} Cai CPU-µs/token while profiled."
+    ]
+    for name, p in r["profiles"].items():
+        out.append("")
+        out.append(
+            f"*{name}* — {_f(p.get('cpu_us_per_token'), 0)} CPU-µs/token, {p['samples']} "
+            "samples. Threads: "
+            + ", ".join(f"{t['function']} {t['share'] * 100:.0f}%" for t in p.get("threads", []))
+        )
+        out.append("")
+        out.append("| share | CPU-µs/token | activity |")
+        out.append("|---:|---:|---|")
+        for row in p.get("activities", []):
+            out.append(
+                f"| {row['share'] * 100:.1f}% | {_f(row.get('cpu_us_per_token'))} "
+                f"| {row['function']} |"
+            )
+        out.append("")
+        out.append("| self share | CPU-µs/token | function (file:function) |")
+        out.append("|---:|---:|---|")
+        for row in p["self"][:top]:
+            out.append(
+                f"| {row['share'] * 100:.1f}% | {_f(row.get('cpu_us_per_token'))} "
+                f"| `{row['function']}` |"
+            )
+        out.append("")
+        out.append(
+            "By package (self): "
+            + ", ".join(f"{row['function']} {row['share'] * 100:.0f}%" for row in p["packages"][:8])
+        )
+    return "\n".join(out)
+
+
+def plot(records: list[dict[str, Any]], png: Path) -> None:
+    """TTFT, throughput, CPU per token, idle memory and queue throughput in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    streams = [r for r in _streams(records) if not r.get("retrieval")]
+    delays = sorted({r["token_delay_ms"] for r in streams})
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    run_id = records[0].get("run_id", "") if records else ""
+    m = next((r for r in records if r.get("scenario") == "meta"), {}).get("machine", {})
+    fig.suptitle(
+        f"Cai vs floor (llm-sim direct) — run {run_id}, {m.get('nproc')} cores "
+        f"{m.get('cpu_model', '')}",
+        fontsize=11,
+    )
+    colors = {"cai": "tab:red", "floor": "tab:blue"}
+    for ax, d in zip(axes[0][:2], (delays + [None, None])[:2], strict=True):
+        if d is None:
+            ax.axis("off")
+            continue
+        rows = sorted(
+            (r for r in streams if r["token_delay_ms"] == d), key=lambda r: r["concurrency"]
+        )
+        xs = [r["concurrency"] for r in rows]
+        for kind in ("cai", "floor"):
+            for q, style in (("p50", "-o"), ("p95", "--^"), ("p99", ":v")):
+                ys = [r[kind]["ttft_ms"][q] for r in rows]
+                ax.plot(
+                    xs,
+                    [y if y is not None else float("nan") for y in ys],
+                    style,
+                    color=colors[kind],
+                    label=f"{kind} {q}",
+                    alpha=0.9 if q == "p50" else 0.6,
+                )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent streams")
+        ax.set_ylabel("time to first token (ms)")
+        ax.set_title(f"TTFT, {d:g} ms inter-token delay")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    ax = axes[0][2]
+    for d, marker in zip(delays, ("o", "s", "^", "d"), strict=False):
+        rows = sorted(
+            (r for r in streams if r["token_delay_ms"] == d), key=lambda r: r["concurrency"]
+        )
+        xs = [r["concurrency"] for r in rows]
+        for kind in ("cai", "floor"):
+            ax.plot(
+                xs,
+                [r[kind]["tokens_per_s"] or 0 for r in rows],
+                f"-{marker}",
+                color=colors[kind],
+                label=f"{kind}, {d:g} ms",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel("tokens/s delivered")
+    ax.set_title("Throughput")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+    ax = axes[1][0]
+    labels = [f"c{r['concurrency']}/d{r['token_delay_ms']:g}" for r in streams]
+    bottom = [0.0] * len(streams)
+    for proc, color in zip(CAI_PROCS, ("tab:orange", "tab:red", "tab:purple"), strict=True):
+        vals = [
+            sum(v for k, v in r["cai"].get("cpu_us_per_token", {}).items() if k.startswith(proc))
+            for r in streams
+        ]
+        ax.bar(labels, vals, bottom=bottom, label=proc, color=color)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax.plot(
+        labels,
+        [r["floor"].get("cpu_us_per_token", {}).get("llm-sim", 0) for r in streams],
+        "k--o",
+        label="llm-sim (floor)",
+    )
+    ax.axhline(50, color="green", linestyle=":", label="goal: 50 µs")
+    ax.set_ylabel("CPU-µs per delivered token")
+    ax.set_title("Cai CPU per token, by process")
+    ax.tick_params(axis="x", rotation=45, labelsize=7)
+    ax.legend(fontsize=7)
+
+    ax = axes[1][1]
+    idle = next((r for r in records if r.get("scenario") == "idle" and "held" in r), None)
+    if idle:
+        procs = [p for p in ("gateway", "orchestrator", "redis") if p in idle["rss_held_mb"]]
+        before = [idle["rss_before_mb"].get(p, 0) for p in procs]
+        held = [idle["rss_held_mb"].get(p, 0) for p in procs]
+        xs = range(len(procs))
+        ax.bar([x - 0.2 for x in xs], before, width=0.4, label="before", color="tab:gray")
+        ax.bar(
+            [x + 0.2 for x in xs],
+            held,
+            width=0.4,
+            label=f"{idle['held']} idle streams",
+            color="tab:red",
+        )
+        for x, p in zip(xs, procs, strict=True):
+            ax.annotate(
+                f"{idle['kib_per_connection'].get(p, 0):.0f} KiB/conn",
+                (x + 0.2, held[x]),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_xticks(list(xs), procs)
+        ax.set_ylabel("RSS (MiB)")
+        ax.set_title("Idle SSE streams: memory")
+        ax.legend(fontsize=7)
+    else:
+        ax.axis("off")
+
+    ax = axes[1][2]
+    queue = [r for r in records if r.get("scenario") == "queue" and "created" in r]
+    if queue:
+        xs = range(len(queue))
+        ax.bar(
+            [x - 0.2 for x in xs],
+            [r["created_per_s"] or 0 for r in queue],
+            width=0.4,
+            label="created/s",
+            color="tab:blue",
+        )
+        ax.bar(
+            [x + 0.2 for x in xs],
+            [r["completed_per_s"] or 0 for r in queue],
+            width=0.4,
+            label="completed/s",
+            color="tab:green",
+        )
+        ax.set_xticks(list(xs), [f"{r['orchestrator_replicas']} orchestrator(s)" for r in queue])
+        ax.set_ylabel("runs/s")
+        ax.set_title(f"Queue throughput ({queue[0]['reply_tokens']}-token runs)")
+        ax.legend(fontsize=7)
+    else:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    """Redraw the table and plot of a saved run."""
+    if not argv:
+        print("usage: python -m cai_bench.report RUN.jsonl")
+        return 2
+    path = Path(argv[0])
+    records = load(path)
+    print(markdown(records))
+    plot(records, path.with_suffix(".png"))
+    print(f"plot: {path.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
