@@ -178,7 +178,6 @@ def ingest(args: argparse.Namespace) -> int:
                 continue
             yield retriever_pb2.IngestRequest(document=document)
 
-    started = time.monotonic()
     chunks = indexed = skipped = 0
     summary: retriever_pb2.IngestSummary | None = None
     with grpc.insecure_channel(
@@ -190,6 +189,7 @@ def ingest(args: argparse.Namespace) -> int:
             echo(f"error: {exc}", file=sys.stderr)
             return 1
         stub = retriever_pb2_grpc.RetrieverStub(channel)
+        started = time.monotonic()  # after the wait, so the rate is the ingest's own
         bar = tqdm(
             total=len(files),
             unit="doc",
