@@ -17,6 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 BIN = Path(sys.executable).parent
 
+# Starts real processes (the retriever and the CLI): skipped by `make test-fast`.
+pytestmark = pytest.mark.e2e
+
 
 def free_port() -> int:
     with socket.socket() as s:
