@@ -10,8 +10,11 @@ import grpc
 import orjson
 from fastapi import APIRouter, Query, Response
 
+from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
+from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_gateway.api.openapi import ERRORS, json_ok
+from cai_gateway.config import Settings
 from cai_gateway.convert import dumps
 from cai_gateway.deps import OrchestratorDep, PrincipalDep, SettingsDep
 from cai_gateway.models import CheckpointConfig, Thread, ThreadState
@@ -76,7 +79,10 @@ async def search_threads(
 
 
 async def _threads_by_id(
-    body: ThreadSearch, principal: Any, orch: Any, settings: Any
+    body: ThreadSearch,
+    principal: common_pb2.Principal,
+    orch: OrchestratorStub,
+    settings: Settings,
 ) -> list[dict[str, Any]]:
     async def one(thread_id: UUID) -> dict[str, Any] | None:
         try:
@@ -218,9 +224,9 @@ async def get_thread_state_at(
 
 
 async def _history(
-    orch: Any,
-    principal: Any,
-    settings: Any,
+    orch: OrchestratorStub,
+    principal: common_pb2.Principal,
+    settings: Settings,
     thread_id: UUID,
     limit: int,
     before: str,
@@ -230,18 +236,24 @@ async def _history(
         pb.GetThreadHistoryRequest(
             principal=principal,
             thread_id=str(thread_id),
-            limit=1000 if metadata else limit,
+            limit=1000 if metadata or before else limit,
             before_checkpoint_id=before,
         ),
         timeout=settings.rpc_timeout_seconds,
     )
-    if not metadata:
+    if not metadata and not before:
         return _json(reply.json)
-    states = [
-        s
-        for s in orjson.loads(reply.json)
-        if all((s.get("metadata") or {}).get(k) == v for k, v in metadata.items())
-    ]
+    states: list[dict[str, Any]] = orjson.loads(reply.json)
+    ids = [(s.get("checkpoint") or {}).get("checkpoint_id") for s in states]
+    if before in ids:
+        # The checkpointer ignored `before` (the Redis saver does): page here instead.
+        states = states[ids.index(before) + 1 :]
+    if metadata:
+        states = [
+            s
+            for s in states
+            if all((s.get("metadata") or {}).get(k) == v for k, v in metadata.items())
+        ]
     return _json(orjson.dumps(states[:limit]))
 
 
