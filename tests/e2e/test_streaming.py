@@ -7,6 +7,7 @@ import pytest
 from httpx_sse import EventSource, aconnect_sse
 from langgraph_sdk import get_client
 
+from cai_devstack.stack import Stack
 from tests.e2e.conftest import REPLY_TOKENS
 
 QUESTION = {"messages": [{"role": "user", "content": "How does Cai resume a stream?"}]}
@@ -157,3 +158,26 @@ async def test_malformed_json_unknown_run_and_bad_event_id(gateway: str) -> None
             f"/threads/{tid}/runs", json={"assistant_id": "nobody", "input": QUESTION}
         )
         assert no_assistant.status_code == 404
+
+
+async def test_orchestrator_metrics_describe_the_runs(stack: Stack, gateway: str) -> None:
+    client = get_client(url=gateway)
+    thread = await client.threads.create()
+    async for _ in client.runs.stream(
+        thread["thread_id"], "chat", input=QUESTION, stream_mode="messages-tuple"
+    ):
+        pass
+    port = stack.config.orchestrator_metrics_port
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("cai_")
+    }
+    assert samples['cai_run_duration_seconds_count{status="success"}'] >= 1
+    assert samples["cai_queue_wait_seconds_count"] >= 1
+    assert samples['cai_time_to_first_token_seconds_count{where="model"}'] >= 1
+    assert samples['cai_tokens_total{direction="out"}'] >= REPLY_TOKENS
+    assert samples["cai_runs_in_flight"] == 0
+    assert samples['cai_grpc_requests_total{code="OK",method="CreateRun"}'] >= 1
+    assert "cai_queue_lag" in samples

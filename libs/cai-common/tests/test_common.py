@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cai_common.grpc_server import LIVENESS, GrpcService, client_channel
 from cai_common.logging import bind, log_context, setup_logging
+from cai_common.metrics import GRPC_REQUESTS
 from cai_common.settings import redact_url
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -35,6 +36,8 @@ async def test_health_tells_the_truth_and_liveness_does_not_follow_readiness() -
         await service.set_serving(False)  # a dependency went away
         assert await _status(stub, "") == NOT_SERVING
         assert await _status(stub, LIVENESS) == SERVING  # still alive: no restart
+        checks = GRPC_REQUESTS.labels("Check", "OK")._value.get()  # noqa: SLF001
+        assert checks >= 5  # every call above went through the metrics interceptor
         service.stopping.set()
         await service.run(grace_s=0.1)
         try:

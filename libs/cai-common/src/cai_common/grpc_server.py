@@ -65,8 +65,11 @@ class GrpcService:
         interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self.name = name
+        from cai_common.metrics import GrpcMetricsInterceptor
+
         self.server = grpc.aio.server(
-            options=server_options(max_connection_age_s), interceptors=list(interceptors)
+            options=server_options(max_connection_age_s),
+            interceptors=[GrpcMetricsInterceptor(), *interceptors],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from prometheus_client import start_http_server
+import grpc
+from prometheus_client import Counter, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -15,3 +19,65 @@ def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:
         return
     start_http_server(port, addr=host)
     log.info("metrics listening", extra={"port": port})
+
+
+GRPC_REQUESTS = Counter(
+    "cai_grpc_requests_total",
+    "gRPC requests handled, by method and status code",
+    ["method", "code"],
+)
+GRPC_DURATION = Histogram(
+    "cai_grpc_request_duration_seconds",
+    "gRPC handling time (for streams: until the stream ends)",
+    ["method"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 300),
+)
+
+
+class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every unary and server-streaming call (method = its short name)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            inner_unary = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await inner_unary(request, context)
+                finally:
+                    _observe(method, context, started)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                try:
+                    async for reply in inner_stream(request, context):
+                        yield reply
+                finally:
+                    _observe(method, context, started)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler  # client streaming (Ingest) is counted by the service itself
+
+
+def _observe(method: str, context: grpc.aio.ServicerContext, started: float) -> None:
+    code = context.code()
+    name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+    GRPC_REQUESTS.labels(method, name).inc()
+    GRPC_DURATION.labels(method).observe(time.perf_counter() - started)

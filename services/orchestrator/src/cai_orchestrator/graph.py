@@ -9,6 +9,7 @@ approval pause the run with `interrupt()` until a person approves or rejects the
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from langchain_core.messages import (
@@ -30,6 +31,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode
 from langgraph.types import interrupt
 
+from cai_orchestrator import metrics
 from cai_orchestrator.assistants import DEFAULT, Assistant, Assistants, ToolSpec
 from cai_orchestrator.llm import ModelFactory
 from cai_orchestrator.retrieval import RetrieverClient, RetrieverError
@@ -140,10 +142,19 @@ class Agent:
                     status("tool_rejected", f"{name} was not approved", tool=name)
                     return f"The user rejected this call to {name}. {reason}".strip()
             status("tool_start", STATUS_MESSAGES.get(name, f"Calling tool {name}…"), tool=name)
+            started = time.monotonic()
+            outcome = "error"
             try:
-                return await inner.ainvoke(kwargs, config)
+                result = await inner.ainvoke(kwargs, config)
+                outcome = "ok"
+                return result
+            except TimeoutError:
+                outcome = "timeout"
+                raise
             finally:
-                status("tool_end", f"{name} finished", tool=name)
+                metrics.TOOL_CALLS.labels(name, outcome).inc()
+                metrics.TOOL_DURATION.labels(name).observe(time.monotonic() - started)
+                status("tool_end", f"{name} finished", tool=name, outcome=outcome)
 
         return StructuredTool.from_function(
             coroutine=run, name=name, description=inner.description,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -10,6 +11,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
+from cai_orchestrator import metrics
 from cai_orchestrator.events import EventWriter, dumps
 from cai_orchestrator.store import RunRecord
 
@@ -90,11 +92,19 @@ async def execute(
         config,
         stream_mode=modes,  # type: ignore[arg-type]  # validated against SUPPORTED_STREAM_MODES
     )
+    generating_since: float | None = None  # the model was called; its first token is due
     part: Any
     async for part in stream:
         mode, chunk = part  # with a list of modes, every part is (mode, chunk)
         if mode == "messages":
             message, metadata = chunk
+            if generating_since is not None:
+                metrics.TTFT.labels("model").observe(time.monotonic() - generating_since)
+                generating_since = None
+            usage = getattr(message, "usage_metadata", None)
+            if usage:
+                metrics.TOKENS.labels("in").inc(usage.get("input_tokens", 0))
+                metrics.TOKENS.labels("out").inc(usage.get("output_tokens", 0))
             if metadata is not last_meta:
                 last_meta, last_meta_bytes = metadata, dumps(metadata)
             if (
@@ -109,6 +119,8 @@ async def execute(
                 continue
             await writer.emit("messages", b"[" + dumps(message) + b"," + last_meta_bytes + b"]")
         elif mode == "custom":
+            if isinstance(chunk, dict) and chunk.get("status") == "generating":
+                generating_since = time.monotonic()
             if isinstance(chunk, dict) and "cai_event" in chunk:
                 event = {k: v for k, v in chunk.items() if k != "cai_event"}
                 await writer.emit(str(chunk["cai_event"]), dumps(event))

@@ -14,6 +14,7 @@ from cai.v1 import orchestrator_pb2_grpc
 from cai_common.grpc_server import GrpcService
 from cai_common.metrics import start_metrics_server
 from cai_common.settings import redact_url
+from cai_orchestrator import keys, metrics
 from cai_orchestrator.assistants import Assistants
 from cai_orchestrator.checkpoint import open_checkpointer
 from cai_orchestrator.config import Settings
@@ -36,6 +37,19 @@ def redis_client(url: str, **kwargs: object) -> Redis:
         health_check_interval=15,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+async def _sample_queue(redis: Redis, interval_s: float = 5.0) -> None:
+    """Keep the queue gauges current (the KEDA trigger reads the same lag from Redis)."""
+    while True:
+        try:
+            for group in await redis.xinfo_groups(keys.QUEUE):
+                if group["name"] == keys.GROUP.encode():
+                    metrics.QUEUE_LAG.set(group.get("lag") or 0)
+                    metrics.QUEUE_PENDING.set(group.get("pending") or 0)
+        except (RedisError, OSError):
+            pass  # health reports Redis; gauges keep their last value
+        await asyncio.sleep(interval_s)
 
 
 async def _watch_health(service: GrpcService, redis: Redis, worker: Worker) -> None:
@@ -105,9 +119,11 @@ async def serve(settings: Settings) -> None:
         await service.start()
         service.install_signal_handlers()
         health = asyncio.create_task(_watch_health(service, redis, worker))
+        sampler = asyncio.create_task(_sample_queue(redis))
 
         async def drain() -> None:
             health.cancel()
+            sampler.cancel()
             await worker.shutdown(settings.shutdown_grace_seconds)
 
         try:

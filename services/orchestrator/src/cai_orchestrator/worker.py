@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -21,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from cai_common.logging import bind, log_context
-from cai_orchestrator import keys
+from cai_orchestrator import keys, metrics
 from cai_orchestrator.config import Settings
 from cai_orchestrator.events import EventWriter, dumps
 from cai_orchestrator.runner import execute
@@ -191,7 +192,11 @@ class Worker:
                 base = run.base_checkpoint = await self._head_checkpoint(run.thread_id)
             await self.store.mark_running(run_id, self.consumer, attempt, base)
             if attempt > 1:
+                metrics.RETRIES.inc()
                 await writer.emit("retry", dumps({"attempt": attempt, "run_id": run_id}))
+            else:
+                created = datetime.fromisoformat(run.created_at).timestamp()
+                metrics.QUEUE_WAIT.observe(max(0.0, time.time() - created))
             if attempt > s.max_attempts:
                 await self._finish(
                     run,
@@ -222,6 +227,15 @@ class Worker:
                 await self._release(keys=[lease_key], args=[self.consumer])
 
     async def _execute(self, run: RunRecord, writer: EventWriter) -> None:
+        started = time.monotonic()
+        metrics.RUNS_IN_FLIGHT.inc()
+        try:
+            status = await self._execute_inner(run, writer)
+        finally:
+            metrics.RUNS_IN_FLIGHT.dec()
+        metrics.RUN_DURATION.labels(status).observe(time.monotonic() - started)
+
+    async def _execute_inner(self, run: RunRecord, writer: EventWriter) -> str:
         s = self.settings
         started = time.monotonic()
         try:
@@ -245,23 +259,24 @@ class Worker:
                     "message": f"Run exceeded its {s.run_timeout_seconds:g}s deadline",
                 },
             )
-            return
+            return "timeout"
         except asyncio.CancelledError:
             action = self.cancel_actions.pop(run.run_id, None)
             if action is None:
                 raise  # the replica is shutting down: the run is handed back, not finished
             await self._finish_cancelled(run, writer, action)
-            return
+            return "interrupted"
         except Exception as exc:  # the graph failed: the run ends in a clear error event
             log.warning("run ended in error", extra={"error": repr(exc)})
             await self._finish(
                 run, writer, "error", "error", {"error": type(exc).__name__, "message": str(exc)}
             )
-            return
+            return "error"
         state = await self.graph.aget_state({"configurable": {"thread_id": run.thread_id}})
         thread_status = "interrupted" if state.next else "idle"
         await self._finish(run, writer, "success", thread_status, None, "end")
         log.info("run finished", extra={"seconds": round(time.monotonic() - started, 3)})
+        return "success"
 
     async def _head_checkpoint(self, thread_id: str) -> str:
         """Id of the thread's newest checkpoint ("" when it has none)."""
@@ -410,6 +425,7 @@ class Worker:
                 continue  # another replica claimed it first
             await self._slots.acquire()
             log.info("reclaimed run", extra={"run_id": run_id, "from": p["consumer"].decode()})
+            metrics.RECLAIMS.inc()
             self._spawn(entry_id, got[0][1], reclaimed=True)
             claimed += 1
         return claimed

@@ -1,0 +1,30 @@
+"""Prometheus metrics of the orchestrator (bounded labels: never run or thread ids)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+RUN_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+RUNS_IN_FLIGHT = Gauge("cai_runs_in_flight", "Runs executing on this replica now")
+RUN_DURATION = Histogram(
+    "cai_run_duration_seconds", "Run execution time by final status", ["status"],
+    buckets=RUN_BUCKETS,
+)  # fmt: skip
+QUEUE_WAIT = Histogram(
+    "cai_queue_wait_seconds", "Time from run creation to the start of its execution",
+    buckets=LATENCY_BUCKETS,
+)  # fmt: skip
+QUEUE_LAG = Gauge("cai_queue_lag", "Run queue entries not yet delivered to any replica")
+QUEUE_PENDING = Gauge("cai_queue_pending", "Run queue entries delivered but not yet acknowledged")
+TTFT = Histogram(
+    "cai_time_to_first_token_seconds", "Time to first token", ["where"], buckets=LATENCY_BUCKETS
+)
+TOKENS = Counter("cai_tokens_total", "Model tokens by direction", ["direction"])
+TOOL_CALLS = Counter("cai_tool_calls_total", "Tool calls by tool and outcome", ["tool", "outcome"])
+TOOL_DURATION = Histogram(
+    "cai_tool_duration_seconds", "Tool call latency", ["tool"], buckets=LATENCY_BUCKETS
+)
+RETRIES = Counter("cai_run_retries_total", "Run attempts after the first")
+RECLAIMS = Counter("cai_run_reclaims_total", "Runs claimed from a replica whose lease lapsed")
