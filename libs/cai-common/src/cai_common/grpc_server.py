@@ -46,7 +46,11 @@ def client_channel(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ]
-    return grpc.aio.insecure_channel(target, options=options, interceptors=list(interceptors))
+    from cai_common.telemetry import grpc_client_interceptors
+
+    return grpc.aio.insecure_channel(
+        target, options=options, interceptors=[*grpc_client_interceptors(), *interceptors]
+    )
 
 
 class GrpcService:
@@ -66,10 +70,11 @@ class GrpcService:
     ) -> None:
         self.name = name
         from cai_common.metrics import GrpcMetricsInterceptor
+        from cai_common.telemetry import grpc_server_interceptors
 
         self.server = grpc.aio.server(
             options=server_options(max_connection_age_s),
-            interceptors=[GrpcMetricsInterceptor(), *interceptors],
+            interceptors=[*grpc_server_interceptors(), GrpcMetricsInterceptor(), *interceptors],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

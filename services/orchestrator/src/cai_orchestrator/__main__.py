@@ -7,6 +7,7 @@ import logging
 import sys
 
 from cai_common.logging import setup_logging
+from cai_common.telemetry import setup_tracing, shutdown_tracing
 
 
 def main() -> None:
@@ -18,6 +19,7 @@ def main() -> None:
 
     settings = Settings()
     setup_logging("orchestrator", settings.log_level)
+    setup_tracing("cai-orchestrator")
     try:
         asyncio.run(serve(settings))
     except (CheckpointerError, AssistantsError) as exc:
@@ -26,6 +28,8 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         pass
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

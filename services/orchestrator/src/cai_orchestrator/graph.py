@@ -30,6 +30,8 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode
 from langgraph.types import interrupt
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from cai_orchestrator import metrics
 from cai_orchestrator.assistants import DEFAULT, Assistant, Assistants, ToolSpec
@@ -44,6 +46,7 @@ from cai_orchestrator.tools import (
 )
 
 log = logging.getLogger(__name__)
+TRACER = trace.get_tracer("cai.orchestrator")
 
 SUMMARY_PROMPT = (
     "Summarise the conversation below in a few sentences, keeping names, facts, decisions and "
@@ -144,14 +147,22 @@ class Agent:
             status("tool_start", STATUS_MESSAGES.get(name, f"Calling tool {name}…"), tool=name)
             started = time.monotonic()
             outcome = "error"
+            span = TRACER.start_span(
+                f"execute_tool {name}",
+                kind=SpanKind.INTERNAL,
+                attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name},
+            )
             try:
-                result = await inner.ainvoke(kwargs, config)
+                with trace.use_span(span, end_on_exit=False):
+                    result = await inner.ainvoke(kwargs, config)
                 outcome = "ok"
                 return result
             except TimeoutError:
                 outcome = "timeout"
                 raise
             finally:
+                span.set_attribute("cai.tool_outcome", outcome)
+                span.end()
                 metrics.TOOL_CALLS.labels(name, outcome).inc()
                 metrics.TOOL_DURATION.labels(name).observe(time.monotonic() - started)
                 status("tool_end", f"{name} finished", tool=name, outcome=outcome)
@@ -259,7 +270,25 @@ class Agent:
         if tools:
             llm = llm.bind_tools(tools)
         status("generating", "Generating an answer…")
-        reply = await llm.ainvoke([system, *history], config)
+        model = assistant.model or self.models.settings.default_model
+        with TRACER.start_as_current_span(
+            f"chat {model}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": model,
+                "gen_ai.request.temperature": assistant.temperature,
+                "gen_ai.conversation.id": str(config.get("configurable", {}).get("thread_id", "")),
+            },
+        ) as span:
+            reply = await llm.ainvoke([system, *history], config)
+            usage = getattr(reply, "usage_metadata", None) or {}
+            span.set_attribute("gen_ai.usage.input_tokens", usage.get("input_tokens", 0))
+            span.set_attribute("gen_ai.usage.output_tokens", usage.get("output_tokens", 0))
+            model_name = (getattr(reply, "response_metadata", None) or {}).get("model_name")
+            if model_name:
+                span.set_attribute("gen_ai.response.model", str(model_name))
         return {"messages": [reply]}
 
     def route_after_agent(self, state: AgentState) -> str:

@@ -18,10 +18,13 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from cai_common.logging import bind, log_context
+from cai_common.telemetry import extract_context
 from cai_orchestrator import keys, metrics
 from cai_orchestrator.config import Settings
 from cai_orchestrator.events import EventWriter, dumps
@@ -29,6 +32,7 @@ from cai_orchestrator.runner import execute
 from cai_orchestrator.store import TERMINAL_STATUSES, RunRecord, RunStore
 
 log = logging.getLogger(__name__)
+TRACER = trace.get_tracer("cai.orchestrator")
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -229,10 +233,27 @@ class Worker:
     async def _execute(self, run: RunRecord, writer: EventWriter) -> None:
         started = time.monotonic()
         metrics.RUNS_IN_FLIGHT.inc()
-        try:
-            status = await self._execute_inner(run, writer)
-        finally:
-            metrics.RUNS_IN_FLIGHT.dec()
+        # The run span continues the trace of the request that created the run (carried in the
+        # queued job), so one trace covers gateway → orchestrator → queue → worker → retriever.
+        with TRACER.start_as_current_span(
+            "run",
+            context=extract_context(run.trace),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "cai.run_id": run.run_id,
+                "cai.thread_id": run.thread_id,
+                "cai.assistant_id": run.assistant_id,
+                "cai.attempt": run.attempt + 1,
+                "messaging.system": "redis",
+                "messaging.destination.name": keys.QUEUE,
+                "gen_ai.conversation.id": run.thread_id,
+            },
+        ) as span:
+            try:
+                status = await self._execute_inner(run, writer)
+            finally:
+                metrics.RUNS_IN_FLIGHT.dec()
+            span.set_attribute("cai.run_status", status)
         metrics.RUN_DURATION.labels(status).observe(time.monotonic() - started)
 
     async def _execute_inner(self, run: RunRecord, writer: EventWriter) -> str:

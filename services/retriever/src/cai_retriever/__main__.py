@@ -8,12 +8,17 @@ import asyncio
 def main() -> None:
     """Load settings, set up logging and serve until SIGTERM."""
     from cai_common.logging import setup_logging
+    from cai_common.telemetry import setup_tracing, shutdown_tracing
     from cai_retriever.config import Settings
     from cai_retriever.server import serve
 
     settings = Settings()
     setup_logging("retriever", settings.log_level)
-    asyncio.run(serve(settings))
+    setup_tracing("cai-retriever")
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":
