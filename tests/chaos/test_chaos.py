@@ -192,8 +192,9 @@ async def test_redis_restart_mid_run_ends_clearly_and_nothing_crashes(chaos: Sta
     eventually(lambda: httpx.get(f"{chaos.gateway_url(0)}/readyz").status_code == 200)
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
         body = {**STREAM, "input": question("Still there?")}
-        ok, _ = await read_events(http, "POST", f"/threads/{tid}/runs/stream", json=body)
-    assert ok[-1][1] == "end"
+        ok, headers = await read_events(http, "POST", f"/threads/{tid}/runs/stream", json=body)
+        runs = (await http.get(f"/threads/{tid}/runs")).json()
+    assert ok and ok[-1][1] == "end", (ok, dict(headers), runs)
 
 
 async def test_cancel_stops_the_run_and_cancelling_again_is_a_no_op(chaos: Stack) -> None:
