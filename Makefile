@@ -57,7 +57,7 @@ proto-check: proto ## Regenerate protos and fail if the committed code differs
 lint: ## ruff + mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy libs/cai-common/src services/gateway/src services/orchestrator/src services/retriever/src tools/llm-sim/src
+	$(PY) -m mypy libs/cai-common/src services/gateway/src services/orchestrator/src services/retriever/src tools/llm-sim/src tools/devstack/src
 
 .PHONY: fmt
 fmt: ## Format and fix imports

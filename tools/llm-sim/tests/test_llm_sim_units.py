@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from llm_sim.answer import argument_fragments, plan_reply
 from llm_sim.chat_request import parse_chat_request
 from llm_sim.config import SimConfig, parse_config
