@@ -45,6 +45,7 @@ class Keys:
     beta: str = "beta-key-0123456789abcdef"  # tenant-b
     limited: str = "limited-key-0123456789abcd"  # tenant-l: 2 requests/s, bursts of 3
     one_stream: str = "one-stream-key-0123456789"  # tenant-s: one stream at a time
+    fuzz: str = "fuzz-key-0123456789abcdefgh"  # tenant-f: schemathesis's
 
 
 KEYS = Keys()
@@ -66,6 +67,7 @@ keys:
     tenant: tenant-s
     sha256: "{hash_key(keys.one_stream)}"
     max_concurrent_streams: 1
+  - {{id: fuzz, tenant: tenant-f, sha256: "{hash_key(keys.fuzz)}"}}
 """
 
 

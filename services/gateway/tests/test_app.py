@@ -309,3 +309,17 @@ async def test_requests_are_counted_by_route_template(make_app: AppFactory) -> N
         metrics
     )
     assert THREAD not in metrics
+
+
+async def test_lone_surrogates_in_json_are_a_422_not_a_500(make_app: AppFactory) -> None:
+    _, http, fake = await make_app()
+    body = b'{"metadata": {"\\udaab": 1}}'
+    response = await http.post(
+        "/threads", content=body, headers={"X-Api-Key": KEY_A, "Content-Type": "application/json"}
+    )
+    assert_problem(response, 422)
+    ok = b'{"metadata": {"\\ud83d\\ude00": 1}}'  # a valid surrogate pair is fine
+    response = await http.post(
+        "/threads", content=ok, headers={"X-Api-Key": KEY_A, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 200 and fake.principals == ["tenant-a"]

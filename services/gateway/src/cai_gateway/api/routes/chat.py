@@ -14,6 +14,7 @@ from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_gateway.api.openapi import ERRORS, json_ok, sse_ok
+from cai_gateway.api.routing import OrjsonRoute
 from cai_gateway.config import Settings
 from cai_gateway.convert import message_run_request
 from cai_gateway.deps import (
@@ -30,7 +31,7 @@ from cai_gateway.problems import Problem
 from cai_gateway.schemas import ChatTaskCreate
 from cai_gateway.sse import StreamInterrupted, follow, open_feed, tracked
 
-router = APIRouter(tags=["chat tasks"], responses=ERRORS)
+router = APIRouter(tags=["chat tasks"], responses=ERRORS, route_class=OrjsonRoute)
 
 JSON = "application/json"
 STREAM_DOC = (

@@ -21,6 +21,7 @@ from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_gateway.api.openapi import ERRORS, json_ok
+from cai_gateway.api.routing import OrjsonRoute
 from cai_gateway.config import Settings
 from cai_gateway.convert import message_run_request
 from cai_gateway.deps import OrchestratorDep, PrincipalDep, SettingsDep, StreamSlotDep
@@ -47,7 +48,7 @@ from cai_gateway.sse import (
     tracked,
 )
 
-router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS)
+router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS, route_class=OrjsonRoute)
 
 THREAD_HEADER = "X-Cai-Thread-Id"
 ThreadHeader = Annotated[

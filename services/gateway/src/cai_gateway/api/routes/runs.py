@@ -18,6 +18,7 @@ from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_gateway.api.openapi import ERRORS, json_ok, sse_ok
+from cai_gateway.api.routing import OrjsonRoute
 from cai_gateway.config import Settings
 from cai_gateway.convert import create_run_request
 from cai_gateway.deps import (
@@ -33,7 +34,7 @@ from cai_gateway.problems import Problem, from_rpc_error
 from cai_gateway.schemas import RunCreate, RunsCancel
 from cai_gateway.sse import Outcome, drain, follow, open_feed, open_stream, tracked, with_heartbeats
 
-router = APIRouter(tags=["runs"], responses=ERRORS)
+router = APIRouter(tags=["runs"], responses=ERRORS, route_class=OrjsonRoute)
 
 JSON = "application/json"
 IdempotencyKey = Annotated[

@@ -14,6 +14,7 @@ from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_gateway.api.openapi import ERRORS, json_ok
+from cai_gateway.api.routing import OrjsonRoute
 from cai_gateway.config import Settings
 from cai_gateway.convert import dumps
 from cai_gateway.deps import OrchestratorDep, PrincipalDep, SettingsDep
@@ -30,7 +31,7 @@ from cai_gateway.schemas import (
     ThreadStateUpdate,
 )
 
-router = APIRouter(tags=["threads"], responses=ERRORS)
+router = APIRouter(tags=["threads"], responses=ERRORS, route_class=OrjsonRoute)
 
 JSON = "application/json"
 
