@@ -128,6 +128,8 @@ class StreamSlot:
     def wrap(self, body: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """`body`, releasing the slot when it ends, fails or the client goes away."""
         self.handed_over = True
+        if self.limiter is None:
+            return body  # nothing to give back: no extra hop on the hot path
         return self._release_after(body)
 
     async def _release_after(self, body: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
+import anyio
 import orjson
 from fastapi import APIRouter, Header, Request, Response
 from sse_starlette import EventSourceResponse
@@ -181,9 +182,11 @@ async def create_chat_completion(
         run_id=run["run_id"],
         cancel_on_disconnect=True,
     )
-    shutdown = request.app.state.shutdown_event
-    feed = await open_feed(orch, stream_request, shutdown)
-    batches = follow(orch, stream_request, shutdown, feed)
+    # An OpenAI client cannot resume: on shutdown the answer goes on through the grace period
+    # (an event never set) instead of being cut short like resumable streams.
+    never = anyio.Event()
+    feed = await open_feed(orch, stream_request, never)
+    batches = follow(orch, stream_request, never, feed)
     ids = CompletionIds(
         id=f"chatcmpl-{run['run_id']}",
         created=int(time.time()),
@@ -196,6 +199,8 @@ async def create_chat_completion(
             slot.wrap(tracked(_stream(batches, ids, started), "openai")),
             ping=settings.sse_ping_seconds,
             headers=headers,
+            shutdown_event=anyio.Event(),  # sse-starlette's signal, unused: keep streaming
+            shutdown_grace_period=settings.shutdown_grace_seconds,
         )
     return await _complete(batches, ids, headers)  # the slot is released after it
 
