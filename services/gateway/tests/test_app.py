@@ -323,3 +323,11 @@ async def test_lone_surrogates_in_json_are_a_422_not_a_500(make_app: AppFactory)
         "/threads", content=ok, headers={"X-Api-Key": KEY_A, "Content-Type": "application/json"}
     )
     assert response.status_code == 200 and fake.principals == ["tenant-a"]
+
+
+async def test_docs_and_openapi_need_no_key(make_app: AppFactory) -> None:
+    _, http, _ = await make_app()
+    docs = await http.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert (await http.get("/openapi.json")).status_code == 200
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
