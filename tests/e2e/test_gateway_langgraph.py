@@ -354,7 +354,8 @@ async def test_sdk_wait_reconnects_to_join_after_a_dropped_connection(
     # Cut the /wait response once its headers and a heartbeat are through (the slow run is
     # still going): the SDK reconnects to the Location (…/join) and gets the final values.
     async with proxied_sdk(gw, b"/runs/wait", cut_after=2) as (dropping, proxy):
-        values = await dropping.runs.wait(tid, "slow", input=question())
+        with pytest.warns(UserWarning, match=r"reconnect to Location: .*/runs/.*/join"):
+            values = await dropping.runs.wait(tid, "slow", input=question())
     assert proxy.cuts == 1
     state = await sdk.threads.get_state(tid)
     assert values == state["values"] and values["messages"][-1]["type"] == "ai"  # type: ignore[index]
