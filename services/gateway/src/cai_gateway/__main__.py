@@ -5,25 +5,30 @@ from __future__ import annotations
 import uvicorn
 
 from cai_common.logging import setup_logging
+from cai_common.telemetry import setup_tracing, shutdown_tracing
 
 
 def main() -> None:
-    """Load settings, set up logging, serve."""
+    """Load settings, set up logging and tracing, serve."""
     from cai_gateway.app import create_app
     from cai_gateway.config import Settings
 
     settings = Settings()
     setup_logging("gateway", settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.gateway_host,
-        port=settings.gateway_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-        loop="uvloop",
-        http="httptools",
-    )
+    setup_tracing("cai-gateway")
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.gateway_host,
+            port=settings.gateway_port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+            loop="uvloop",
+            http="httptools",
+        )
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_common.grpc_server import client_channel
 from cai_common.settings import redact_url
+from cai_common.telemetry import tracing_enabled
 from cai_gateway import problems
 from cai_gateway.api import openapi
 from cai_gateway.api.routes import assistants, chat, health, openai, runs, threads
@@ -132,4 +133,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, threads, runs, assistants, openai, chat):
         app.include_router(module.router)
     openapi.install(app)
+    if tracing_enabled():
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        # Server spans continue a caller's W3C traceparent; health and metrics are not traced.
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
     return app

@@ -207,14 +207,19 @@ async def drain(batches: AsyncIterator[Sequence[pb.RunEvent]]) -> Outcome:
         StreamInterrupted: the stream ended first (orchestrator gone or gateway shutting down).
     """
     last_values: bytes | None = None
+    outcome: Outcome | None = None
+    # Read to the end of the stream (the orchestrator closes it right after the terminal event)
+    # so the call completes instead of being cancelled: its trace span and metrics stay whole.
     async for events in batches:
         for e in events:
+            if outcome is not None:
+                break
             if e.event == "values":
                 last_values = e.data
             elif e.event in TERMINAL_EVENTS:
-                return Outcome(e.event, e.data, last_values)
-    # The run ended long ago and its log has expired: nothing to report but that it ended.
-    return Outcome("end", b"null", last_values)
+                outcome = Outcome(e.event, e.data, last_values)
+    # No terminal event: the run ended long ago and its log has expired.
+    return outcome or Outcome("end", b"null", last_values)
 
 
 async def with_heartbeats(work: Awaitable[bytes], interval_s: float) -> AsyncIterator[bytes]:

@@ -1,0 +1,150 @@
+"""One trace follows a run across every service: gateway → orchestrator → queue → worker → model
+and retriever, exported over OTLP to a receiver this test runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from cai_devstack.procs import free_port
+from cai_devstack.stack import Stack, StackConfig
+
+Span = dict[str, object]
+
+
+class Receiver:
+    """A minimal OTLP/HTTP trace receiver collecting spans with their service name."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                request = ExportTraceServiceRequest.FromString(body)
+                with receiver.lock:
+                    for rs in request.resource_spans:
+                        service = next(
+                            (a.value.string_value for a in rs.resource.attributes
+                             if a.key == "service.name"), "",
+                        )  # fmt: skip
+                        for ss in rs.scope_spans:
+                            for s in ss.spans:
+                                receiver.spans.append(
+                                    {
+                                        "service": service,
+                                        "name": s.name,
+                                        "trace_id": s.trace_id.hex(),
+                                        "span_id": s.span_id.hex(),
+                                        "parent": s.parent_span_id.hex(),
+                                        "attributes": {
+                                            a.key: getattr(a.value, a.value.WhichOneof("value"))
+                                            for a in s.attributes
+                                        },
+                                    }
+                                )
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def trace(self, trace_id: str) -> list[Span]:
+        with self.lock:
+            return [s for s in self.spans if s["trace_id"] == trace_id]
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Receiver]]:
+    receiver = Receiver()
+    run_dir = tmp_path_factory.mktemp("traced")
+    (run_dir / "assistants.yaml").write_text(
+        "- id: chat\n  retrieval: {enabled: true}\n  tools: [search_knowledge_base]\n"
+    )
+    config = StackConfig.ephemeral(
+        run_dir,
+        with_retriever=True,
+        llm_sim_args=["--reply-tokens", "12"],
+        service_env={
+            "ASSISTANTS_FILE": str(run_dir / "assistants.yaml"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        },
+    )
+    stack = Stack(config)
+    stack.up(timeout=240)
+    try:
+        yield stack, receiver
+    finally:
+        stack.down()
+        receiver.server.shutdown()
+
+
+def test_one_trace_spans_every_service_with_genai_attributes(
+    traced: tuple[Stack, Receiver],
+) -> None:
+    stack, receiver = traced
+    traceparent_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {"traceparent": f"00-{traceparent_id}-00f067aa0ba902b7-01"}
+    with httpx.Client(base_url=stack.gateway_url(), timeout=60) as http:
+        tid = http.post("/threads", json={}).json()["thread_id"]
+        body = {"input": {"messages": [{"role": "user", "content": "How are streams resumed?"}]}}
+        run = http.post(f"/threads/{tid}/runs/wait", json=body, headers=headers)
+        assert run.status_code == 200, run.text
+
+    def orphans(spans: list[Span]) -> list[object]:
+        """Spans whose parent is neither in the trace nor the client's own (outside) span."""
+        ids = {s["span_id"] for s in spans}
+        return [s["name"] for s in spans if s["parent"] not in ids | {"00f067aa0ba902b7"}]
+
+    def complete() -> bool:
+        spans = receiver.trace(traceparent_id)
+        services = {s["service"] for s in spans}
+        names = {s["name"] for s in spans}
+        return (
+            {"cai-gateway", "cai-orchestrator", "cai-retriever"} <= services
+            and "run" in names
+            and any(str(n).startswith("chat ") for n in names)
+            and not orphans(spans)
+        )
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not complete():
+        time.sleep(0.2)
+    spans = receiver.trace(traceparent_id)
+    services = {s["service"] for s in spans}
+    assert {"cai-gateway", "cai-orchestrator", "cai-retriever"} <= services, services
+    names = [str(s["name"]) for s in spans]
+    assert "run" in names
+    run_span = next(s for s in spans if s["name"] == "run")
+    assert run_span["attributes"]["cai.thread_id"] == tid  # type: ignore[index]
+    chat = next(s for s in spans if str(s["name"]).startswith("chat "))
+    attributes = chat["attributes"]
+    assert attributes["gen_ai.operation.name"] == "chat"  # type: ignore[index]
+    assert attributes["gen_ai.provider.name"] == "openai"  # type: ignore[index]
+    assert attributes["gen_ai.request.model"]  # type: ignore[index]
+    assert attributes["gen_ai.usage.output_tokens"] > 0  # type: ignore[index,operator]
+    assert attributes["gen_ai.conversation.id"] == tid  # type: ignore[index]
+    assert any(n == "execute_tool search_knowledge_base" for n in names)
+    assert not orphans(spans)  # one connected trace under the client's traceparent
