@@ -87,6 +87,15 @@ async def test_history_state_update_and_run_deletion(orch: OrchestratorStub) -> 
     assert isinstance(history, list) and len(history) >= 4
     counts = [len(h["values"].get("messages", [])) for h in history]
     assert counts == sorted(counts, reverse=True) and counts[0] == 4  # newest first
+    older = body(
+        await orch.GetThreadHistory(
+            pb.GetThreadHistoryRequest(
+                principal=ME, thread_id=tid, limit=2,
+                before_checkpoint_id=history[0]["checkpoint"]["checkpoint_id"],
+            )
+        )
+    )  # fmt: skip
+    assert [h["checkpoint"] for h in older] == [h["checkpoint"] for h in history[1:3]]
     note = {"messages": [{"role": "user", "content": "a note added by hand"}]}
     update = body(
         await orch.UpdateThreadState(

@@ -343,19 +343,19 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         if not 1 <= limit <= 1000:
             raise InvalidRequest("limit must be 1..1000")
         config: RunnableConfig = {"configurable": {"thread_id": thread.thread_id}}
-        before: RunnableConfig | None = None
-        if request.before_checkpoint_id:
-            before = {
-                "configurable": {
-                    "thread_id": thread.thread_id,
-                    "checkpoint_ns": "",
-                    "checkpoint_id": request.before_checkpoint_id,
-                }
-            }
-        states = [
-            snapshot_to_api(s, thread.thread_id)
-            async for s in self.graph.aget_state_history(config, limit=limit, before=before)
-        ]
+        # The Redis saver ignores `before` (an upstream conformance failure), so page past the
+        # named checkpoint here, which works the same on every saver.
+        before = request.before_checkpoint_id
+        states: list[dict[str, Any]] = []
+        seen_before = not before
+        async for snapshot in self.graph.aget_state_history(config):
+            if not seen_before:
+                checkpoint_id = snapshot.config.get("configurable", {}).get("checkpoint_id")
+                seen_before = checkpoint_id == before
+                continue
+            states.append(snapshot_to_api(snapshot, thread.thread_id))
+            if len(states) >= limit:
+                break
         return json_reply(states)
 
     @unary
