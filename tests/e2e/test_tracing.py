@@ -3,10 +3,13 @@ and retriever, exported over OTLP to a receiver this test runs."""
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -148,3 +151,51 @@ def test_one_trace_spans_every_service_with_genai_attributes(
     assert attributes["gen_ai.conversation.id"] == tid  # type: ignore[index]
     assert any(n == "execute_tool search_knowledge_base" for n in names)
     assert not orphans(spans)  # one connected trace under the client's traceparent
+
+
+def _sample_names(text: str) -> set[str]:
+    return {
+        line.split("{", 1)[0].split(" ", 1)[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_every_metric_the_dashboard_and_alerts_query_is_exported(
+    traced: tuple[Stack, Receiver],
+) -> None:
+    stack, _ = traced
+    with httpx.Client(base_url=stack.gateway_url(), timeout=60) as http:
+        tid = http.post("/threads", json={}).json()["thread_id"]
+        body = {
+            "input": {"messages": [{"role": "user", "content": "How are streams resumed?"}]},
+            "stream_mode": "messages-tuple",
+        }
+        with http.stream("POST", f"/threads/{tid}/runs/stream", json=body) as response:
+            assert b"event: end" in b"".join(response.iter_bytes())
+    scraped = set()
+    for url in (
+        f"{stack.gateway_url()}/metrics",
+        f"http://127.0.0.1:{stack.config.orchestrator_metrics_port}/metrics",
+        f"http://127.0.0.1:{stack.config.retriever_metrics_port}/metrics",
+    ):
+        scraped |= _sample_names(httpx.get(url).text)
+    chart = Path(__file__).parents[2] / "charts" / "cai" / "files"
+    queried = set()
+    for path in [*chart.glob("dashboards/*.json"), *chart.glob("alerts/*.yaml")]:
+        queried |= set(re.findall(r"\bcai_[a-z0-9_]+", path.read_text()))
+    assert queried, "the chart's dashboard and alerts query no cai_ metric"
+    missing = sorted(queried - scraped)
+    assert not missing, f"queried but not exported: {missing}"
+
+
+def test_logs_are_json_with_run_thread_and_trace_ids(traced: tuple[Stack, Receiver]) -> None:
+    stack, _ = traced
+    log = stack.config.run_dir / "logs" / "orchestrator.log"
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    finished = [r for r in records if r.get("message") == "run finished"]
+    assert finished
+    for record in finished:
+        assert record["run_id"] and record["thread_id"] and record["tenant"]
+        assert len(record["trace_id"]) == 32 and len(record["span_id"]) == 16
+    assert not [r for r in records if "content" in json.dumps(r) and r["level"] == "INFO"]
