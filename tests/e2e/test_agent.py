@@ -10,6 +10,7 @@ import orjson
 import pytest
 from langchain_core.messages import convert_to_messages
 from langchain_core.messages.utils import count_tokens_approximately
+from langgraph_sdk import get_client
 
 from cai.v1 import common_pb2, retriever_pb2
 from cai.v1 import orchestrator_pb2 as pb
@@ -232,3 +233,31 @@ async def test_a_500_turn_thread_never_sends_more_than_the_budget(
     final = await state(orch, tid)
     assert final["values"]["summary"]  # type: ignore[index]
     assert len(final["values"]["messages"]) < 100  # type: ignore[index]
+
+
+async def test_approval_through_langgraph_sdk(agent_stack: Stack) -> None:
+    client = get_client(url=agent_stack.gateway_url())
+    thread = await client.threads.create()
+    tid = thread["thread_id"]
+    directive = '[[tool:delete_everything {"what": "old backups"}]]'
+    await client.runs.wait(
+        tid, "tooluser", input={"messages": [{"role": "user", "content": f"tidy {directive}"}]}
+    )
+    paused = await client.threads.get(tid)
+    assert paused["status"] == "interrupted"
+    (pending,) = [i for items in paused["interrupts"].values() for i in items]
+    assert pending["value"]["tool"] == "delete_everything"
+    state = await client.threads.get_state(tid)
+    assert state["next"] == ["tools"]
+
+    await client.runs.wait(tid, "tooluser", command={"resume": {"approved": False}})
+    messages = (await client.threads.get_state(tid))["values"]["messages"]
+    assert "rejected" in [m for m in messages if m["type"] == "tool"][-1]["content"]
+    assert (await client.threads.get(tid))["status"] == "idle"
+
+    await client.runs.wait(
+        tid, "tooluser", input={"messages": [{"role": "user", "content": f"again {directive}"}]}
+    )
+    await client.runs.wait(tid, "tooluser", command={"resume": "approve"})
+    messages = (await client.threads.get_state(tid))["values"]["messages"]
+    assert [m for m in messages if m["type"] == "tool"][-1]["content"] == "deleted old backups"
