@@ -29,6 +29,9 @@ CAI_METRICS = {
     "cai_tokens_total",
     "cai_tool_calls_total",
     "cai_retrieval_duration_seconds",
+    "cai_inter_token_seconds",
+    "cai_sse_stream_resumes_total",
+    "cai_sse_stream_disconnects_total",
 }
 OTHER_METRICS = {"kube_deployment_status_replicas_available"}
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import anyio
 import grpc
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
@@ -25,6 +25,12 @@ STREAMS_IN_FLIGHT = Gauge(
     "cai_sse_streams_in_flight", "Open event streams and waits on this gateway, by API dialect.",
     ["dialect"],
 )  # fmt: skip
+STREAM_RESUMES = Counter(
+    "cai_sse_stream_resumes_total", "Event streams opened with Last-Event-ID (clients resuming)"
+)
+STREAM_DISCONNECTS = Counter(
+    "cai_sse_stream_disconnects_total", "Event streams the client left before the run ended"
+)
 TIME_TO_FIRST_TOKEN = Histogram(
     "cai_time_to_first_token_seconds",
     "From the request reaching the gateway to the first token leaving it (where=edge).",
@@ -123,17 +129,25 @@ async def open_stream(
 ) -> AsyncIterator[bytes]:
     """A run's events as SSE bytes (LangGraph's framing), ending with `reconnect` on shutdown."""
     feed = await open_feed(stub, request, shutdown)
+    if request.after_event_id:
+        STREAM_RESUMES.inc()
     return relay(feed, started_at)
 
 
 async def relay(feed: EventFeed, started_at: float | None = None) -> AsyncIterator[bytes]:
     """Frame every event as it comes; only the event name is looked at (for the TTFT metric)."""
     waiting_for_token = started_at is not None
-    async for events in feed.batches():
-        if waiting_for_token and any(e.event == "messages" for e in events):
-            TIME_TO_FIRST_TOKEN.labels("edge").observe(time.perf_counter() - (started_at or 0))
-            waiting_for_token = False
-        yield b"".join(frame(e.id, e.event, e.data) for e in events)
+    ended = False
+    try:
+        async for events in feed.batches():
+            if waiting_for_token and any(e.event == "messages" for e in events):
+                TIME_TO_FIRST_TOKEN.labels("edge").observe(time.perf_counter() - (started_at or 0))
+                waiting_for_token = False
+            ended = events[-1].event in TERMINAL_EVENTS
+            yield b"".join(frame(e.id, e.event, e.data) for e in events)
+    finally:
+        if not ended and not feed.shutting_down and not feed.interrupted:
+            STREAM_DISCONNECTS.inc()  # the client went away mid-run (it may resume later)
     if feed.shutting_down:
         yield RECONNECT
 

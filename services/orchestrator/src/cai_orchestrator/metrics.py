@@ -21,6 +21,10 @@ QUEUE_PENDING = Gauge("cai_queue_pending", "Run queue entries delivered but not 
 TTFT = Histogram(
     "cai_time_to_first_token_seconds", "Time to first token", ["where"], buckets=LATENCY_BUCKETS
 )
+INTER_TOKEN = Histogram(
+    "cai_inter_token_seconds", "Time between consecutive tokens from the model",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)  # fmt: skip
 TOKENS = Counter("cai_tokens_total", "Model tokens by direction", ["direction"])
 TOOL_CALLS = Counter("cai_tool_calls_total", "Tool calls by tool and outcome", ["tool", "outcome"])
 TOOL_DURATION = Histogram(

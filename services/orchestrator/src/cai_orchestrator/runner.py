@@ -93,6 +93,7 @@ async def execute(
         stream_mode=modes,  # type: ignore[arg-type]  # validated against SUPPORTED_STREAM_MODES
     )
     generating_since: float | None = None  # the model was called; its first token is due
+    last_token_at: float | None = None
     part: Any
     async for part in stream:
         mode, chunk = part  # with a list of modes, every part is (mode, chunk)
@@ -115,6 +116,10 @@ async def execute(
                 and not message.usage_metadata
             ):
                 if message.content:
+                    now = time.monotonic()
+                    if last_token_at is not None:
+                        metrics.INTER_TOKEN.observe(now - last_token_at)
+                    last_token_at = now
                     await writer.token(message.id or "", message.content, last_meta_bytes)
                 continue
             await writer.emit("messages", b"[" + dumps(message) + b"," + last_meta_bytes + b"]")
