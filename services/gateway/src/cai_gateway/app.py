@@ -136,6 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if tracing_enabled():
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        # Server spans continue a caller's W3C traceparent; health and metrics are not traced.
-        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+        # Server spans continue a caller's W3C traceparent; health and metrics are not traced,
+        # and no span per ASGI send/receive (an SSE stream sends once per event batch).
+        FastAPIInstrumentor.instrument_app(
+            app, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"]
+        )
     return app
