@@ -103,6 +103,9 @@ async def read_events(
             http, method, url, json=json, headers=dict(headers or {})
         ) as source:
             response_headers = source.response.headers
+            if source.response.status_code != 200:
+                body = (await source.response.aread()).decode(errors="replace")
+                raise AssertionError(f"{method} {url}: {source.response.status_code} {body}")
             async for sse in source.aiter_sse():
                 if sse.event == "message" and not sse.data:
                     continue

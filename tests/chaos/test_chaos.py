@@ -44,7 +44,9 @@ async def start_stream(stack: Stack, gateway: int = 0, assistant: str = "chat", 
 
 async def thread_messages(base: str, tid: str) -> list[dict[str, object]]:
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        return (await http.get(f"/threads/{tid}/state")).json()["values"].get("messages", [])
+        response = await http.get(f"/threads/{tid}/state")
+    assert response.status_code == 200, response.text
+    return response.json()["values"].get("messages", [])  # type: ignore[no-any-return]
 
 
 def restart(stack: Stack, name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
@@ -32,6 +33,38 @@ def server_options(max_connection_age_s: float = 300.0) -> list[tuple[str, int]]
     ]
 
 
+# Reads that are safe to repeat: retried on UNAVAILABLE (a replica stopping or restarting) so a
+# call that lands on a draining pod is answered by another. Writes are never retried here.
+IDEMPOTENT_METHODS = {
+    "cai.v1.Orchestrator": [
+        "GetThread", "GetThreadState", "GetRun", "ListRuns", "StreamRun", "SearchThreads",
+        "GetThreadHistory", "SearchAssistants", "GetAssistant", "GetAssistantSchemas",
+    ],
+    "cai.v1.Retriever": ["Search", "ListCollections", "Stats"],
+    "grpc.health.v1.Health": ["Check"],
+}  # fmt: skip
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": service, "method": method}
+                    for service, methods in IDEMPOTENT_METHODS.items()
+                    for method in methods
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
 def client_channel(
     target: str, interceptors: Iterable[grpc.aio.ClientInterceptor] = ()
 ) -> grpc.aio.Channel:
@@ -42,6 +75,7 @@ def client_channel(
     options = [
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.enable_retries", 1),
+        ("grpc.service_config", SERVICE_CONFIG),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from cai_common.redis_client import resilient_redis
 from cai_common.settings import redact_url
 
 log = logging.getLogger(__name__)
@@ -158,11 +158,10 @@ class Limiter:
         prefix: str = "cai:gw",
     ) -> None:
         self.redis_url = redis_url
-        self.redis = Redis.from_url(
+        self.redis = resilient_redis(
             redis_url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            retry_on_timeout=False,
         )
         self.fail_open = fail_open
         self.retry_s = retry_s

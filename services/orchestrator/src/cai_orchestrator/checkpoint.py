@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from redis.asyncio import Redis
 
+from cai_common.redis_client import resilient_redis
 from cai_common.settings import redact_url
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,12 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
             )
         from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
-        async with AsyncRedisSaver(redis_url=url) as saver:  # sets up indexes; closes on exit
-            yield saver
+        client = resilient_redis(url)
+        try:
+            async with AsyncRedisSaver(redis_client=client) as saver:  # sets up its indexes
+                yield saver
+        finally:
+            await client.aclose()
     elif scheme in ("postgres", "postgresql"):
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from cai.v1 import orchestrator_pb2_grpc
 from cai_common.grpc_server import GrpcService
 from cai_common.metrics import start_metrics_server
+from cai_common.redis_client import resilient_redis
 from cai_common.settings import redact_url
 from cai_orchestrator import keys, metrics
 from cai_orchestrator.assistants import Assistants
@@ -27,16 +28,6 @@ from cai_orchestrator.store import RunRecord, RunStore
 from cai_orchestrator.worker import Worker
 
 log = logging.getLogger(__name__)
-
-
-def redis_client(url: str, **kwargs: object) -> Redis:
-    """A Redis client that fails fast and retries nothing on its own (callers back off)."""
-    return Redis.from_url(
-        url,
-        socket_connect_timeout=2,
-        health_check_interval=15,
-        **kwargs,  # type: ignore[arg-type]
-    )
 
 
 async def _sample_queue(redis: Redis, interval_s: float = 5.0) -> None:
@@ -70,8 +61,8 @@ async def _watch_health(service: GrpcService, redis: Redis, worker: Worker) -> N
 async def serve(settings: Settings) -> None:
     """Run the orchestrator until SIGTERM/SIGINT."""
     assistants = Assistants.load(settings.assistants_file)
-    redis = redis_client(settings.redis_url)
-    tail_redis = redis_client(settings.redis_url, max_connections=1)
+    redis = resilient_redis(settings.redis_url)
+    tail_redis = resilient_redis(settings.redis_url, max_connections=1)
     await redis.ping()
     log.info("redis connected", extra={"url": redact_url(settings.redis_url)})
     start_metrics_server(settings.metrics_port)
