@@ -112,7 +112,7 @@ def options(argv: list[str]) -> Any:
         profile_concurrency=10 if q else 100,
         retrieval=a.retrieval,
         budget_s=float(a.budget_s) if a.budget_s else (100.0 if q else 840.0),
-        phase_cap_s=30.0 if q else 180.0,
+        phase_cap_s=30.0 if q else 120.0,
         phase_target_s=3.0 if q else 10.0,
         max_concurrent_runs=int(a.max_concurrent_runs) if a.max_concurrent_runs else None,
     )

@@ -68,6 +68,8 @@ class StreamResult:
     payloads: list[bytes] = field(default_factory=list)  # raw data of token events
     events: int = 0
     started: bool = False  # the run's metadata event arrived (a worker took it)
+    retries: int = 0  # `retry` events: the run restarted on another worker
+    retry_cut: int = 0  # payloads before the last retry belong to a dropped partial message
     # Filled by finish():
     text: str = ""
     message_id: str = ""
@@ -88,7 +90,8 @@ class StreamResult:
         """Parse what was kept raw (after the measured window): text, tokens, id order."""
         parts: list[str] = []
         if self.kind == "cai":
-            for data in self.payloads:
+            # After a `retry` event a client drops the partial message (DESIGN.md, runs 5).
+            for data in self.payloads[self.retry_cut :]:
                 chunk = orjson.loads(data)[0]
                 if chunk.get("type") == "AIMessageChunk" and isinstance(chunk.get("content"), str):
                     parts.append(chunk["content"])
@@ -187,6 +190,9 @@ async def cai_stream(
                             res.error = f"{res.terminal}: {data[6:206].decode(errors='replace')}"
                     elif event == b"metadata":
                         res.started = True
+                    elif event == b"retry":
+                        res.retries += 1
+                        res.retry_cut = len(res.payloads)
             if not res.terminal:
                 res.error = "stream closed without a terminal event"
     except (httpx.HTTPError, OSError) as exc:

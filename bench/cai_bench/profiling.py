@@ -8,6 +8,7 @@ the samples times the process's CPU per token is its CPU per token.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import signal
@@ -215,6 +216,15 @@ def analyse(collapsed: Path, top: int = 25, process: str = "") -> dict[str, obje
         "threads": share(thread_counts, 10),
         "activities": share(activity_counts, 20),
     }
+
+
+def compress(path: Path) -> Path:
+    """Gzip a collapsed-stacks file in place (they are large and compress ~10×)."""
+    target = path.with_name(path.name + ".gz")
+    with path.open("rb") as src, gzip.open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    path.unlink()
+    return target
 
 
 def can_ptrace() -> bool:

@@ -122,7 +122,8 @@ def markdown(records: list[dict[str, Any]]) -> str:
         cpu = r["hold_cpu_ms_per_connection_per_min"]
         out.append(
             f"**Idle streams**: {r['held']} of {r['connections']} SSE streams held open on one "
-            f"gateway ({r['runs_executing']} runs executing, each waiting for a first token). "
+            f"gateway ({r['runs_executing']} runs taken by a worker and waiting for a first "
+            "token, the rest queued). "
             f"RSS per connection: gateway {_f(k.get('gateway'))} KiB, orchestrator "
             f"{_f(k.get('orchestrator'))} KiB, redis {_f(k.get('redis'))} KiB "
             f"(gateway {_f(r['rss_before_mb'].get('gateway'))} → "
@@ -166,8 +167,15 @@ def profile_markdown(r: dict[str, Any], top: int = 12) -> str:
     out = [
         f"**Profile** ({r['concurrency']} streams, 0 ms delay, py-spy `--nonblocking`, "
         f"{r['cai'].get('runs')} streams): {_f(r['cai'].get('tokens_per_s'), 0)} tok/s, "
-        f"{_f(r['cai'].get('cai_cpu_us_per_token'), 0)} Cai CPU-µs/token while profiled."
+        f"{_f(r['cai'].get('cai_cpu_us_per_token'), 0)} Cai CPU-µs/token while profiled, "
+        f"{r['cai'].get('errors')} errors."
     ]
+    for failed in r.get("failed_attempts", []):
+        out.append(
+            f"An earlier attempt had {failed['errors']} errors of {failed['runs']} streams "
+            f"({'; '.join(failed['error_samples'])[:160]}); the stack was restarted and the "
+            "profile taken again."
+        )
     for name, p in r["profiles"].items():
         out.append("")
         out.append(
@@ -263,7 +271,8 @@ def plot(records: list[dict[str, Any]], png: Path) -> None:
     ax.set_ylabel("tokens/s delivered")
     ax.set_title("Throughput")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
     ax = axes[1][0]
     labels = [f"c{r['concurrency']}/d{r['token_delay_ms']:g}" for r in streams]
