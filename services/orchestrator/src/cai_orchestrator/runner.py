@@ -84,6 +84,8 @@ async def execute(
     last_meta: Any = None
     last_meta_bytes = b"{}"
     config = run_config(run, run_settings)
+    if resume and await _replay_finished_answer(graph, run, writer, modes):
+        return
     wants_custom = "custom" in modes
     if not wants_custom:
         modes.append("custom")  # status and retrieval events travel on the custom stream
@@ -112,7 +114,8 @@ async def execute(
                 type(message) is AIMessageChunk
                 and isinstance(message.content, str)
                 and not message.tool_call_chunks
-                and not message.response_metadata
+                # langchain-openai tags every chunk with the provider; that alone is no metadata
+                and message.response_metadata.keys() <= {"model_provider"}
                 and not message.usage_metadata
             ):
                 if message.content:
@@ -133,3 +136,22 @@ async def execute(
                 await writer.emit("custom", dumps(chunk))
         else:
             await writer.emit(mode, dumps(chunk))
+
+
+async def _replay_finished_answer(
+    graph: CompiledStateGraph, run: RunRecord, writer: EventWriter, modes: list[str]
+) -> bool:
+    """A retried run whose graph already finished (its worker died before writing `end`).
+
+    Clients drop what they were streamed when they see `retry`, so the answer the checkpoint
+    holds is sent again as one message. Returns False when there is still work to run.
+    """
+    snapshot = await graph.aget_state({"configurable": {"thread_id": run.thread_id}})
+    if snapshot.next:
+        return False
+    messages = (snapshot.values or {}).get("messages") or []
+    if "messages" in modes and messages and messages[-1].type == "ai":
+        await writer.emit("messages", b"[" + dumps(messages[-1]) + b',{"replayed":true}]')
+    if "values" in modes:
+        await writer.emit("values", dumps(snapshot.values))
+    return True

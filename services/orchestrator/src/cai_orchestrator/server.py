@@ -28,6 +28,7 @@ from cai_orchestrator.store import RunRecord, RunStore
 from cai_orchestrator.worker import Worker
 
 log = logging.getLogger(__name__)
+TAIL_BLOCK_MS = 2000
 
 
 async def _sample_queue(redis: Redis, interval_s: float = 5.0) -> None:
@@ -61,8 +62,15 @@ async def _watch_health(service: GrpcService, redis: Redis, worker: Worker) -> N
 async def serve(settings: Settings) -> None:
     """Run the orchestrator until SIGTERM/SIGINT."""
     assistants = Assistants.load(settings.assistants_file)
-    redis = resilient_redis(settings.redis_url)
-    tail_redis = resilient_redis(settings.redis_url, max_connections=1)
+    # Every run holds a connection now and then; stream handlers and loops need their own.
+    redis = resilient_redis(
+        settings.redis_url, max_connections=2 * settings.max_concurrent_runs + 50
+    )
+    # The tailer's XREAD and the cancel listener's pub/sub block: no 5 s read timeout for them.
+    tail_redis = resilient_redis(
+        settings.redis_url, max_connections=1, socket_timeout=TAIL_BLOCK_MS / 1000 + 10
+    )
+    pubsub_redis = resilient_redis(settings.redis_url, max_connections=2, socket_timeout=None)
     await redis.ping()
     log.info("redis connected", extra={"url": redact_url(settings.redis_url)})
     start_metrics_server(settings.metrics_port)
@@ -73,7 +81,7 @@ async def serve(settings: Settings) -> None:
         agent.check_tools()
         graph = agent.build(checkpointer)
         store = RunStore(redis, settings.run_record_ttl_seconds)
-        tailer = LogTailer(tail_redis, redis, settings.replica_id)
+        tailer = LogTailer(tail_redis, redis, settings.replica_id, block_ms=TAIL_BLOCK_MS)
 
         async def run_settings(run: RunRecord) -> dict[str, Any]:
             """What a run needs beyond its record: limits and the thread's prompt override."""
@@ -84,7 +92,7 @@ async def serve(settings: Settings) -> None:
                 "thread_system_prompt": thread.metadata.get("system_prompt") if thread else None,
             }
 
-        worker = Worker(settings, redis, store, graph, run_settings)
+        worker = Worker(settings, redis, store, graph, run_settings, pubsub_redis)
         service = GrpcService(
             "orchestrator",
             settings.grpc_port,
@@ -126,3 +134,4 @@ async def serve(settings: Settings) -> None:
             with contextlib.suppress(RedisError, OSError):
                 await redis.aclose()
                 await tail_redis.aclose()
+                await pubsub_redis.aclose()

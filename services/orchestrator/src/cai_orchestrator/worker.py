@@ -60,12 +60,14 @@ class Worker:
         store: RunStore,
         graph: CompiledStateGraph,
         run_settings: Callable[[RunRecord], Awaitable[dict[str, Any]]],
+        pubsub_redis: Redis | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.store = store
         self.graph = graph
         self.run_settings = run_settings
+        self.pubsub_redis = pubsub_redis or redis
         self.consumer = settings.replica_id
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.entries: dict[str, bytes] = {}
@@ -382,11 +384,16 @@ class Worker:
                 if task is not None:
                     task.cancel()
                 return
+            # A cancel published while the listener was reconnecting is not lost: the flag stays.
+            with contextlib.suppress(RedisError, OSError):
+                action = await self.redis.get(keys.cancel(run_id))
+                if action:
+                    self.cancel_local(run_id, action.decode())
 
     async def _cancel_listener(self) -> None:
         while True:
             try:
-                pubsub = self.redis.pubsub()
+                pubsub = self.pubsub_redis.pubsub()
                 await pubsub.subscribe(keys.CANCEL_CHANNEL)
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
@@ -404,6 +411,8 @@ class Worker:
         task = self.tasks.get(run_id)
         if task is None:
             return False
+        if run_id in self.cancel_actions:
+            return True  # already cancelling: never interrupt its own clean-up
         self.cancel_actions[run_id] = action
         task.cancel()
         return True
