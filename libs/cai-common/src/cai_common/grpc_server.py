@@ -76,6 +76,11 @@ def client_channel(
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", SERVICE_CONFIG),
+        # Replicas restart in seconds; gRPC's default reconnect backoff grows to 120 s, which
+        # would keep a restarted pod unused long after it is ready.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
