@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 import pytest
 from httpx_sse import EventSource, aconnect_sse
@@ -154,6 +157,10 @@ async def test_malformed_json_unknown_run_and_bad_event_id(gateway: str) -> None
             f"/threads/{tid}/runs", json={"input": QUESTION, "stream_mode": "debug"}
         )
         assert unsupported.status_code == 422 and "debug" in unsupported.json()["detail"]
+        bad_command = await http.post(
+            f"/threads/{tid}/runs", json={"command": {"resume": "x", "bogus": 1}}
+        )
+        assert bad_command.status_code == 422 and "bogus" in bad_command.json()["detail"]
         no_assistant = await http.post(
             f"/threads/{tid}/runs", json={"assistant_id": "nobody", "input": QUESTION}
         )
@@ -168,12 +175,19 @@ async def test_orchestrator_metrics_describe_the_runs(stack: Stack, gateway: str
     ):
         pass
     port = stack.config.orchestrator_metrics_port
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-    samples = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line.startswith("cai_")
-    }
+
+    def scrape() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        return {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.splitlines()
+            if line.startswith("cai_")
+        }
+
+    # The worker's gauges settle just after the terminal event reaches the client.
+    deadline = time.monotonic() + 10
+    while (samples := scrape())["cai_runs_in_flight"] != 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert samples['cai_run_duration_seconds_count{status="success"}'] >= 1
     assert samples["cai_queue_wait_seconds_count"] >= 1
     assert samples['cai_time_to_first_token_seconds_count{where="model"}'] >= 1

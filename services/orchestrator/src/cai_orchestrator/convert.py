@@ -9,6 +9,9 @@ import orjson
 from cai.v1 import orchestrator_pb2 as pb
 from cai_orchestrator.store import NewRun
 
+# LangGraph's Command fields a client may send (`resume` answers an interrupt).
+COMMAND_FIELDS = frozenset({"resume", "update", "goto"})
+
 
 class InvalidRequest(ValueError):
     """A field of the request is invalid; the message names it."""
@@ -41,6 +44,11 @@ def new_run(req: pb.CreateRunRequest, stream_modes: list[str]) -> NewRun:
     """Validate a CreateRunRequest into a NewRun."""
     tenant = tenant_of(req.principal)
     command = json_field(req.command_json, "command")
+    unknown = sorted(set(command or {}) - COMMAND_FIELDS)
+    if unknown:
+        raise InvalidRequest(
+            f"command has unknown field(s) {unknown}; allowed: {sorted(COMMAND_FIELDS)}"
+        )
     run_input = json_field(req.input_json, "input", kind=None)
     if run_input is not None and not isinstance(run_input, dict):
         raise InvalidRequest("input must be a JSON object or null")

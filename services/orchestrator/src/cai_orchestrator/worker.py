@@ -71,6 +71,7 @@ class Worker:
         self.consumer = settings.replica_id
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.entries: dict[str, bytes] = {}
+        self.executing: set[str] = set()
         self.cancel_actions: dict[str, str] = {}
         self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
         self._renew = redis.register_script(_RENEW)
@@ -147,6 +148,7 @@ class Worker:
         def done(_: asyncio.Task[None]) -> None:
             self.tasks.pop(run_id, None)
             self.entries.pop(run_id, None)
+            self.cancel_actions.pop(run_id, None)
             self._slots.release()
 
         task.add_done_callback(done)
@@ -259,6 +261,17 @@ class Worker:
         metrics.RUN_DURATION.labels(status).observe(time.monotonic() - started)
 
     async def _execute_inner(self, run: RunRecord, writer: EventWriter) -> str:
+        self.executing.add(run.run_id)
+        try:
+            action = self.cancel_actions.get(run.run_id)
+            if action is not None:  # cancelled while it was starting
+                await self._finish_cancelled(run, writer, action)
+                return "interrupted"
+            return await self._execute_graph(run, writer)
+        finally:
+            self.executing.discard(run.run_id)
+
+    async def _execute_graph(self, run: RunRecord, writer: EventWriter) -> str:
         s = self.settings
         started = time.monotonic()
         try:
@@ -284,7 +297,7 @@ class Worker:
             )
             return "timeout"
         except asyncio.CancelledError:
-            action = self.cancel_actions.pop(run.run_id, None)
+            action = self.cancel_actions.get(run.run_id)
             if action is None:
                 raise  # the replica is shutting down: the run is handed back, not finished
             await self._finish_cancelled(run, writer, action)
@@ -414,7 +427,9 @@ class Worker:
         if run_id in self.cancel_actions:
             return True  # already cancelling: never interrupt its own clean-up
         self.cancel_actions[run_id] = action
-        task.cancel()
+        # Only interrupt the graph itself; a run still starting honours the cancel on entry.
+        if run_id in self.executing:
+            task.cancel()
         return True
 
     async def _reclaim_loop(self) -> None:

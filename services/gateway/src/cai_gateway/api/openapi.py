@@ -33,16 +33,26 @@ def json_ok(model: type, description: str = "Success") -> dict[int | str, dict[s
     return {200: {"model": model, "description": description}}
 
 
+# One server-sent event, as SSE clients (and schemathesis) parse it; comments (heartbeats) are
+# not events. `data` is one line of JSON.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A server-sent event",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
+
 def sse_ok(description: str) -> dict[int | str, dict[str, Any]]:
     """A documented 200 `text/event-stream` response."""
     return {
         200: {
             "description": description,
-            "content": {
-                "text/event-stream": {
-                    "schema": {"type": "string", "description": "Server-sent events"}
-                }
-            },
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
         }
     }
 

@@ -21,7 +21,7 @@ from sse_starlette import EventSourceResponse
 from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
-from cai_gateway.api.openapi import ERRORS, json_ok
+from cai_gateway.api.openapi import ERRORS, SSE_EVENT_SCHEMA, json_ok
 from cai_gateway.api.routing import OrjsonRoute
 from cai_gateway.config import Settings
 from cai_gateway.convert import message_run_request
@@ -142,7 +142,7 @@ async def get_model(
         200: {
             "model": ChatCompletion,
             "description": "The completion (`stream: false`), or its chunks as SSE. " + STREAM_DOC,
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
         }
     },
 )
