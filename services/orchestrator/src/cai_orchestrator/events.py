@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,11 +272,3 @@ class LogTailer:
             if batch:
                 sub.last_id = parse_event_id(batch[-1][0])
                 sub.queue.put_nowait(batch)
-
-
-def make_terminal(event: str, **fields: Any) -> bytes:
-    """Payload of a terminal event."""
-    return dumps(fields or None)
-
-
-Serializer = Callable[[Any], bytes]

@@ -17,7 +17,6 @@ from langchain_core.messages import (
     HumanMessage,
     RemoveMessage,
     SystemMessage,
-    ToolMessage,
     trim_messages,
 )
 from langchain_core.messages.utils import count_tokens_approximately
@@ -325,6 +324,3 @@ class Agent:
 def _tool_error(exc: Exception) -> str:
     """What the model reads when a tool fails (the run goes on)."""
     return f"Error: the tool failed: {type(exc).__name__}: {exc}"
-
-
-__all__ = ["Agent", "AgentState", "ToolMessage"]

@@ -46,10 +46,6 @@ return 0
 """
 
 
-class _Cancelled(Exception):
-    """Raised inside a run's task when a cancel was requested."""
-
-
 class Worker:
     """Takes jobs from the queue, bounded by `max_concurrent_runs`, and executes them."""
 
