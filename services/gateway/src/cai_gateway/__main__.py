@@ -10,6 +10,9 @@ from cai_common.telemetry import setup_tracing, shutdown_tracing
 
 def main() -> None:
     """Load settings, set up logging and tracing, serve."""
+    from cai_common import aio
+
+    aio.install()  # before the libraries that call asyncio.wait_for are imported
     from cai_gateway.app import create_app
     from cai_gateway.config import Settings
 

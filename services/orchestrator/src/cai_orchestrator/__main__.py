@@ -12,6 +12,9 @@ from cai_common.telemetry import setup_tracing, shutdown_tracing
 
 def main() -> None:
     """Load settings, set up logging, serve."""
+    from cai_common import aio
+
+    aio.install()  # before the libraries that call asyncio.wait_for are imported
     from cai_orchestrator.assistants import AssistantsError
     from cai_orchestrator.checkpoint import CheckpointerError
     from cai_orchestrator.config import Settings

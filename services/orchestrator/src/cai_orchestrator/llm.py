@@ -37,4 +37,9 @@ class ModelFactory:
             stream_usage=True,
             timeout=httpx.Timeout(s.llm_stall_seconds, connect=s.llm_connect_timeout_seconds),
             max_retries=s.llm_max_retries,
+            # langchain-openai wraps every chunk in asyncio.wait_for (120 s by default). On
+            # Python 3.11 wait_for swallows a cancellation that lands as a chunk arrives, so a
+            # cancelled run went on generating; it also costs a task per token. Stalls are
+            # caught by the read timeout above.
+            stream_chunk_timeout=None,
         )

@@ -73,7 +73,9 @@ def with_timeout(inner: BaseTool, timeout_s: float) -> BaseTool:
 
     async def run(config: RunnableConfig, **kwargs: Any) -> Any:
         try:
-            return await asyncio.wait_for(inner.ainvoke(kwargs, config), timeout_s)
+            # Not asyncio.wait_for: on Python 3.11 it can swallow the run's cancellation.
+            async with asyncio.timeout(timeout_s):
+                return await inner.ainvoke(kwargs, config)
         except TimeoutError as exc:
             raise TimeoutError(f"tool {inner.name} timed out after {timeout_s:g}s") from exc
 

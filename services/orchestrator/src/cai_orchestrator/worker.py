@@ -304,6 +304,8 @@ class Worker:
                 run, writer, "error", "error", {"error": type(exc).__name__, "message": str(exc)}
             )
             return "error"
+        if run.run_id in self.cancel_actions:
+            log.info("the cancel came after the graph had finished; the run succeeded")
         state = await self.graph.aget_state({"configurable": {"thread_id": run.thread_id}})
         thread_status = "interrupted" if state.next else "idle"
         await self._finish(run, writer, "success", thread_status, None, "end")
@@ -424,7 +426,11 @@ class Worker:
             return True  # already cancelling: never interrupt its own clean-up
         self.cancel_actions[run_id] = action
         # Only interrupt the graph itself; a run still starting honours the cancel on entry.
-        if run_id in self.executing:
+        executing = run_id in self.executing
+        log.info(
+            "cancelling the run", extra={"run_id": run_id, "action": action, "started": executing}
+        )
+        if executing:
             task.cancel()
         return True
 

@@ -7,6 +7,9 @@ import asyncio
 
 def main() -> None:
     """Load settings, set up logging and serve until SIGTERM."""
+    from cai_common import aio
+
+    aio.install()  # before the libraries that call asyncio.wait_for are imported
     from cai_common.logging import setup_logging
     from cai_common.telemetry import setup_tracing, shutdown_tracing
     from cai_retriever.config import Settings

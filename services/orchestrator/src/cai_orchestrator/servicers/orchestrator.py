@@ -209,7 +209,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             yield pb.StreamRunReply()  # accepted: the gateway may start its response now
             while True:
                 try:
-                    batch = await asyncio.wait_for(sub.queue.get(), self.heartbeat_s)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                    # cancellation (the client leaving) that lands as the queue yields.
+                    async with asyncio.timeout(self.heartbeat_s):
+                        batch = await sub.queue.get()
                 except TimeoutError:
                     current = await self.store.get_run(tenant, run.run_id)
                     if current is None:
