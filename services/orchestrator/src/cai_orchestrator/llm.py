@@ -5,9 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import httpx
-from langchain_openai import ChatOpenAI
 
 from cai_orchestrator.config import Settings
+from cai_orchestrator.model_stream import StreamingChatOpenAI
 
 
 class ModelFactory:
@@ -18,16 +18,16 @@ class ModelFactory:
 
     def chat_model(
         self, model: str = "", temperature: float = 0.0, headers: dict[str, str] | None = None
-    ) -> ChatOpenAI:
+    ) -> StreamingChatOpenAI:
         """A streaming chat model with a stall timeout and bounded retries (cached)."""
         return self._chat_model(model, temperature, tuple(sorted((headers or {}).items())))
 
     @lru_cache(maxsize=64)  # noqa: B019 - the factory lives as long as the process
     def _chat_model(
         self, model: str, temperature: float, headers: tuple[tuple[str, str], ...]
-    ) -> ChatOpenAI:
+    ) -> StreamingChatOpenAI:
         s = self.settings
-        return ChatOpenAI(
+        return StreamingChatOpenAI(
             default_headers=dict(headers) or None,
             model=model or s.default_model,
             temperature=temperature,
