@@ -149,3 +149,10 @@ async def test_model_faults_raise_the_sdks_typed_errors(
     with pytest.raises(error) as caught:
         await lean.ainvoke([HumanMessage("hello")])
     assert text in str(caught.value)
+
+
+async def test_extra_body_reaches_the_endpoint(sim: str) -> None:
+    _, lean = models(sim)
+    lean.extra_body = {"metadata": {"sim_reply_tokens": "5"}}  # an llm-sim knob in the body
+    reply = await lean.ainvoke([HumanMessage("hello")])
+    assert len(str(reply.content).split()) == 5

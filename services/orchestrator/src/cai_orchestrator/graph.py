@@ -198,7 +198,16 @@ class Agent:
             ]
         }
 
-    def needs_summary(self, state: AgentState, config: RunnableConfig) -> str:
+    # The routers are coroutines: LangGraph runs a plain function in a thread pool, a hop that
+    # cost more than the routing itself.
+    async def entry(self, state: AgentState, config: RunnableConfig) -> str:
+        """Retrieve first when the assistant retrieves; otherwise skip that step (and its
+        checkpoint) altogether."""
+        if self.assistant(config).retrieval.enabled:
+            return "retrieve"
+        return await self.needs_summary(state, config)
+
+    async def needs_summary(self, state: AgentState, config: RunnableConfig) -> str:
         """Summarise first when the history has grown past the assistant's threshold."""
         threshold = self.assistant(config).summary_threshold
         if threshold and tokens(state["messages"]) > threshold:
@@ -248,7 +257,7 @@ class Agent:
         parts = [prompt]
         if state.get("summary"):
             parts.append(f"Summary of the earlier conversation: {state['summary']}")
-        if state.get("context"):
+        if assistant.retrieval.enabled and state.get("context"):  # never a stale one
             cited = "\n".join(f"[{c['source']}] {c['text']}" for c in state["context"])
             parts.append(f"Context passages (cite their [source]):\n{cited}")
         return "\n\n".join(parts)
@@ -290,7 +299,7 @@ class Agent:
                 span.set_attribute("gen_ai.response.model", str(model_name))
         return {"messages": [reply]}
 
-    def route_after_agent(self, state: AgentState) -> str:
+    async def route_after_agent(self, state: AgentState) -> str:
         """Run tools when the model asked for any; otherwise the turn is over."""
         last = state["messages"][-1]
         return "tools" if getattr(last, "tool_calls", None) else END
@@ -313,7 +322,7 @@ class Agent:
         builder.add_node("summarize", self.summarize)
         builder.add_node("agent", self.agent)
         builder.add_node("tools", self.tools)
-        builder.add_edge(START, "retrieve")
+        builder.add_conditional_edges(START, self.entry, ["retrieve", "summarize", "agent"])
         builder.add_conditional_edges("retrieve", self.needs_summary, ["summarize", "agent"])
         builder.add_edge("summarize", "agent")
         builder.add_conditional_edges("agent", self.route_after_agent, ["tools", END])

@@ -24,8 +24,12 @@ from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_openai import ChatOpenAI
 from langchain_openai.chat_models.base import _handle_openai_api_error, _handle_openai_bad_request
+from openai._constants import RAW_RESPONSE_HEADER
+from openai._response import AsyncResponseContextManager
 
 _PLAIN_DELTA_KEYS = frozenset({"role", "content", "refusal"})
+# Arguments of the SDK's create() that are not part of the request body.
+_SDK_ONLY_KEYS = ("extra_body", "extra_headers", "extra_query", "timeout")
 
 
 class SSEDecoder:
@@ -121,10 +125,28 @@ class StreamingChatOpenAI(ChatOpenAI):  # type: ignore[misc]
         except openai.APIError as exc:
             _handle_openai_api_error(exc)
 
+    def _request(self, payload: dict[str, Any]) -> AsyncResponseContextManager[Any]:
+        """The SDK's request (its retries with backoff on 429/5xx/connection errors, its typed
+        errors), with the body left unread. The payload goes as it is: `create()` would first
+        walk it against the SDK's TypedDicts, about a tenth of a short run's CPU."""
+        extra = {k: payload[k] for k in _SDK_ONLY_KEYS if k in payload}
+        if extra.keys() - {"extra_body"}:
+            return self.async_client.with_streaming_response.create(**payload)
+        body = {k: v for k, v in payload.items() if k != "extra_body"}
+        body.update(extra.get("extra_body") or {})
+        return AsyncResponseContextManager(
+            self.root_async_client.post(
+                "/chat/completions",
+                cast_to=object,
+                body=body,
+                options={"headers": {RAW_RESPONSE_HEADER: "stream"}},
+                stream=True,
+                stream_cls=openai.AsyncStream[Any],
+            )
+        )
+
     async def _stream_chunks(self, payload: dict[str, Any]) -> AsyncIterator[ChatGenerationChunk]:
-        # The SDK sends the request, retries 429/5xx/connection errors with backoff and raises
-        # its typed errors; only the body is read here.
-        async with self.async_client.with_streaming_response.create(**payload) as raw:
+        async with self._request(payload) as raw:
             response: httpx2.Response = raw.http_response
             decoder = SSEDecoder()
             done = False
