@@ -2,7 +2,8 @@
 
 Environment (each also a flag, see --help):
   BENCH_SCENARIOS        comma list of scenario names or prefixes (default: all). Names:
-                         stream-c{N}-d{MS}, profile-c100-d0, idle-{N}, queue-r1, queue-r2,
+                         stream-c{N}-d{MS}, profile-c100-d0, long-c100-d0 (1,000-token
+                         replies), idle-{N}, queue-r1, queue-r2,
                          retrieval-c10-d20; prefixes such as "stream", "stream-c100", "queue".
   BENCH_QUICK=1          the ~1-minute smoke version (small counts, short replies).
   BENCH_CONCURRENCY      default 1,10,100,500
@@ -110,6 +111,7 @@ def options(argv: list[str]) -> Any:
         idle_hold_s=3.0 if q else 12.0,
         queue_runs=int(a.queue_runs) if a.queue_runs else (30 if q else 300),
         profile_concurrency=10 if q else 100,
+        long_reply_tokens=200 if q else 1000,
         retrieval=a.retrieval,
         budget_s=float(a.budget_s) if a.budget_s else (100.0 if q else 840.0),
         phase_cap_s=30.0 if q else 120.0,

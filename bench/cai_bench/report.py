@@ -36,6 +36,50 @@ def _streams(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r.get("scenario") == "stream" and "cai" in r]
 
 
+def _label(r: dict[str, Any]) -> str:
+    label = f"{r['concurrency']}"
+    if r.get("retrieval"):
+        label += " + retrieval"
+    if r.get("long_reply"):
+        label += f" × {r['reply_tokens']:,}-token replies"
+    return label
+
+
+def fixed_and_marginal(records: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Cai's CPU split into a cost per run and a cost per token, from the same concurrency at
+    0 ms with short and long replies: cost(t) = per_run + t × per_token."""
+    streams = _streams(records)
+    long = next((r for r in streams if r.get("long_reply")), None)
+    if long is None:
+        return None
+    short = next(
+        (
+            r
+            for r in streams
+            if not r.get("long_reply")
+            and not r.get("retrieval")
+            and r["concurrency"] == long["concurrency"]
+            and r["token_delay_ms"] == long["token_delay_ms"]
+        ),
+        None,
+    )
+    if short is None:
+        return None
+    t1, t2 = short["reply_tokens"], long["reply_tokens"]
+    u1, u2 = short["cai"].get("cai_cpu_us_per_token"), long["cai"].get("cai_cpu_us_per_token")
+    if not u1 or not u2 or t1 == t2:
+        return None
+    run1, run2 = u1 * t1, u2 * t2  # CPU-µs per run
+    per_token = (run2 - run1) / (t2 - t1)
+    return {
+        "concurrency": long["concurrency"],
+        "short_tokens": t1,
+        "long_tokens": t2,
+        "per_run_ms": round((run1 - per_token * t1) / 1000, 2),
+        "per_token_us": round(per_token, 1),
+    }
+
+
 def markdown(records: list[dict[str, Any]]) -> str:
     """The summary tables of docs/performance.md."""
     out: list[str] = []
@@ -64,7 +108,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
         for r in streams:
             c, f, v, i = r["cai"], r["floor"], r["vs_floor"], r["integrity"]
             ct, ft, d = c["ttft_ms"], f["ttft_ms"], v["ttft_overhead_ms"]
-            label = f"{r['concurrency']}" + (" + retrieval" if r.get("retrieval") else "")
+            label = _label(r)
             lost = i["tokens_lost"]
             repeated = i["tokens_repeated"] + i["event_ids_repeated_or_reordered"]
             out.append(
@@ -97,7 +141,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
             us = c.get("cpu_us_per_token", {})
             fus = f.get("cpu_us_per_token", {})
             rss = c.get("peak_rss_mb", {})
-            label = f"{r['concurrency']}" + (" + retrieval" if r.get("retrieval") else "")
+            label = _label(r)
             orch = sum(v for k, v in us.items() if k.startswith("orchestrator"))
             out.append(
                 f"| {label} | {r['token_delay_ms']:g} ms | {_f(us.get('gateway'), 0)} "
@@ -116,6 +160,15 @@ def markdown(records: list[dict[str, Any]]) -> str:
             "benchmark (other work on the machine) — noise indicator."
         )
         out.append("")
+        split = fixed_and_marginal(records)
+        if split:
+            out.append(
+                f"**Per run and per token** ({split['concurrency']} streams, 0 ms, "
+                f"{split['short_tokens']}- and {split['long_tokens']:,}-token replies): Cai "
+                f"spends about **{split['per_run_ms']} CPU-ms per run** whatever its length, "
+                f"plus **{split['per_token_us']} CPU-µs per token** streamed."
+            )
+            out.append("")
     idle = [r for r in records if r.get("scenario") == "idle" and "held" in r]
     for r in idle:
         k = r["kib_per_connection"]
@@ -214,7 +267,7 @@ def plot(records: list[dict[str, Any]], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    streams = [r for r in _streams(records) if not r.get("retrieval")]
+    streams = [r for r in _streams(records) if not r.get("retrieval") and not r.get("long_reply")]
     delays = sorted({r["token_delay_ms"] for r in streams})
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
     run_id = records[0].get("run_id", "") if records else ""

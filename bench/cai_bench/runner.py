@@ -85,6 +85,7 @@ class Options:
     idle_hold_s: float = 12.0
     queue_runs: int = 300
     queue_reply_tokens: int = 10
+    long_reply_tokens: int = 1000
     profile_concurrency: int = 100
     retrieval: str = "auto"  # auto | on | off
     budget_s: float = 840.0
@@ -505,26 +506,33 @@ class Bench:
     # -- scenarios --------------------------------------------------------------------------
 
     async def scenario_stream(
-        self, name: str, concurrency: int, delay_ms: float, runs: int, extra: dict[str, Any]
+        self,
+        name: str,
+        concurrency: int,
+        delay_ms: float,
+        runs: int,
+        extra: dict[str, Any],
+        reply_tokens: int | None = None,
     ) -> dict[str, Any]:
         """Floor, then Cai, under the same closed-loop load."""
         o = self.opts
-        await self.set_llm(o.ttft_ms, delay_ms, o.reply_tokens)
+        tokens = reply_tokens or o.reply_tokens
+        await self.set_llm(o.ttft_ms, delay_ms, tokens)
         self.say(f"{name}: floor, {runs} streams, {concurrency} at a time")
         floor = await self.phase("floor", concurrency, runs, self.phase_timeout(2))
         await asyncio.sleep(0.5)
         self.say(f"{name}: Cai, {runs} streams, {concurrency} at a time")
         cai = await self.phase("cai", concurrency, runs, self.phase_timeout(1))
         integrity = await self.verify(cai.results)
-        f = self.phase_summary(floor, o.reply_tokens)
-        c = self.phase_summary(cai, o.reply_tokens)
+        f = self.phase_summary(floor, tokens)
+        c = self.phase_summary(cai, tokens)
         record = {
             "scenario": "stream",
             "name": name,
             "concurrency": concurrency,
             "token_delay_ms": delay_ms,
             "ttft_ms_model": o.ttft_ms,
-            "reply_tokens": o.reply_tokens,
+            "reply_tokens": tokens,
             **extra,
             "floor": f,
             "cai": c,
@@ -929,6 +937,21 @@ class Bench:
                 steps.append(
                     (prof, lambda: self.scenario_profile(prof, pc, pruns), 20.0)  # noqa: B023
                 )
+        # Long replies: the per-run cost spread over 10× the tokens (with stream-c100-d0 it
+        # splits Cai's CPU into a fixed cost per run and a cost per token).
+        long = f"long-c{o.profile_concurrency}-d0"
+        if 0 in o.delays_ms and self.selected(long):
+            lc, lt = o.profile_concurrency, o.long_reply_tokens
+            lruns = max(lc, int(lc * o.runs_scale))
+            steps.append(
+                (
+                    long,
+                    lambda: self.scenario_stream(
+                        long, lc, 0.0, lruns, {"max_runs": lruns, "long_reply": True}, lt
+                    ),
+                    30.0,
+                )
+            )
         idle = f"idle-{o.idle_connections}"
         if self.selected(idle):
             steps.append((idle, lambda: self.scenario_idle(idle, o.idle_connections), 45.0))
