@@ -218,7 +218,8 @@ def markdown(records: list[dict[str, Any]]) -> str:
 def profile_markdown(r: dict[str, Any], top: int = 12) -> str:
     """Where each profiled process spends its CPU: by activity, then the top functions."""
     out = [
-        f"**Profile** ({r['concurrency']} streams, 0 ms delay, py-spy `--nonblocking`, "
+        f"**Profile** ({r['concurrency']} streams, {r.get('token_delay_ms', 0):g} ms delay, "
+        "py-spy `--nonblocking`, "
         f"{r['cai'].get('runs')} streams): {_f(r['cai'].get('tokens_per_s'), 0)} tok/s, "
         f"{_f(r['cai'].get('cai_cpu_us_per_token'), 0)} Cai CPU-µs/token while profiled, "
         f"{r['cai'].get('errors')} errors."

@@ -553,13 +553,16 @@ class Bench:
         )
         return record
 
-    async def scenario_profile(self, name: str, concurrency: int, runs: int) -> dict[str, Any]:
-        """The Cai phase of stream-c100-d0 again, with py-spy on the gateway and orchestrator."""
+    async def scenario_profile(
+        self, name: str, concurrency: int, runs: int, delay_ms: float = 0.0
+    ) -> dict[str, Any]:
+        """The Cai phase of stream-c{N}-d{D} again, with py-spy on the gateway and orchestrator."""
         o = self.opts
         if not profiling.can_ptrace() or profiling.py_spy_binary() is None:
             return {"scenario": "profile", "name": name, "skipped": "py-spy or ptrace unavailable"}
-        await self.set_llm(o.ttft_ms, 0.0, o.reply_tokens)
-        out_dir = o.out_dir / f"{self.run_id}-profile"
+        await self.set_llm(o.ttft_ms, delay_ms, o.reply_tokens)
+        suffix = "" if delay_ms == 0 else f"-d{delay_ms:g}"
+        out_dir = o.out_dir / f"{self.run_id}-profile{suffix}"
         failed_attempts: list[dict[str, Any]] = []
         for attempt in (1, 2):
             targets = {n: self.s.procs[n].pid for n in ("gateway", "orchestrator")}
@@ -604,7 +607,7 @@ class Bench:
             "scenario": "profile",
             "name": name,
             "concurrency": concurrency,
-            "token_delay_ms": 0.0,
+            "token_delay_ms": delay_ms,
             "reply_tokens": o.reply_tokens,
             "cai": summary,
             "failed_attempts": failed_attempts,
@@ -931,11 +934,17 @@ class Bench:
             for c in o.concurrency:
                 stream(c, d)
             pc = o.profile_concurrency
-            prof = f"profile-c{pc}-d0"
-            if d == 0 and self.selected(prof):
-                pruns = runs_for(pc, 0, o.runs_scale)
+            prof = f"profile-c{pc}-d{d:g}"
+            if self.selected(prof):
+                pruns = runs_for(pc, d, o.runs_scale)
                 steps.append(
-                    (prof, lambda: self.scenario_profile(prof, pc, pruns), 20.0)  # noqa: B023
+                    (
+                        prof,
+                        lambda prof=prof, pruns=pruns, d=d: self.scenario_profile(
+                            prof, pc, pruns, d
+                        ),
+                        20.0,
+                    )
                 )
         # Long replies: the per-run cost spread over 10× the tokens (with stream-c100-d0 it
         # splits Cai's CPU into a fixed cost per run and a cost per token).

@@ -9,9 +9,17 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from cai_orchestrator import keys
-from cai_orchestrator.events import EventWriter, LogTailer, Subscription, parse_event_id
+from cai_devstack.procs import free_port
+from cai_orchestrator.events import (
+    EventBatcher,
+    EventWriter,
+    LogTailer,
+    Subscription,
+    parse_event_id,
+)
 
 
 @pytest.fixture
@@ -130,3 +138,57 @@ async def test_many_concurrent_subscribers_at_different_positions_lose_nothing(
     results = await asyncio.gather(*(produce(w) for w in writers), *consumers)
     for got in results[len(writers) :]:
         assert got == expected
+
+
+@pytest.fixture
+async def batcher(redis: Redis) -> AsyncIterator[EventBatcher]:
+    b = EventBatcher(redis)
+    b.start()
+    yield b
+    await b.stop()
+
+
+async def test_batched_writers_share_round_trips_and_keep_each_log_in_order(
+    redis: Redis, batcher: EventBatcher
+) -> None:
+    runs = [str(uuid.uuid4()) for _ in range(20)]
+    meta = b'{"langgraph_node":"agent"}'
+
+    async def produce(run_id: str) -> None:
+        writer = EventWriter(redis, run_id, coalesce_s=0.005, safety_ttl_s=600, batcher=batcher)
+        await writer.emit("metadata", run_id.encode())
+        for i in range(50):
+            await writer.token("msg-1", f" t{i}", meta)
+            if i % 10 == 0:
+                await asyncio.sleep(0.002)  # tokens arrive in bursts, as from a model
+        await writer.emit("values", b"{}")
+        await writer.close("end", b"null", ttl_s=120)
+
+    await asyncio.gather(*(produce(r) for r in runs))
+    events = 0
+    for run_id in runs:
+        entries = await redis.xrange(keys.events(run_id))
+        events += len(entries)
+        names = [f[b"e"] for _, f in entries]
+        assert names[0] == b"metadata" and names[-2:] == [b"values", b"end"], names
+        tokens = [orjson.loads(f[b"d"]) for _, f in entries if f[b"e"] == b"messages"]
+        assert "".join(c["content"] for c, _ in tokens) == "".join(f" t{i}" for i in range(50))
+        assert 0 < await redis.ttl(keys.events(run_id)) <= 120
+    # Many runs' events went out together: far fewer round trips than events.
+    assert batcher.pipelines < events / 3, (batcher.pipelines, events)
+
+
+async def test_a_failed_batch_fails_the_run_at_its_next_write() -> None:
+    dead = Redis(port=free_port(), socket_connect_timeout=0.5)  # nothing listens there
+    batcher = EventBatcher(dead)
+    batcher.start()
+    try:
+        writer = EventWriter(dead, str(uuid.uuid4()), 0.005, 600, batcher=batcher)
+        await writer.token("m", "first", b"{}")  # scheduled, not awaited
+        with pytest.raises(RedisError):
+            await writer.flush()
+        with pytest.raises(RedisError):
+            await writer.token("m", " second", b"{}")
+    finally:
+        await batcher.stop()
+        await dead.aclose()

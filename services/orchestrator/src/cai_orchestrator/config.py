@@ -51,8 +51,9 @@ class Settings(ServiceSettings):
     max_attempts: int = 3
     # Per-run deadline (status "timeout").
     run_timeout_seconds: float = 600.0
-    # Token deltas are coalesced for this long into one Redis write.
-    coalesce_ms: float = 5.0
+    # Token deltas that follow within this window are coalesced into one event (the first token
+    # of a message, and any after a pause, go out at once). 25 ms: 40 updates a second at most.
+    coalesce_ms: float = 25.0
     # Event logs and run records live this long after a run ends.
     event_log_ttl_seconds: int = 3600
     run_record_ttl_seconds: int = 7 * 24 * 3600

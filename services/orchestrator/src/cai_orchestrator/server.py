@@ -19,7 +19,7 @@ from cai_orchestrator import keys, metrics
 from cai_orchestrator.assistants import Assistants
 from cai_orchestrator.checkpoint import open_checkpointer
 from cai_orchestrator.config import Settings
-from cai_orchestrator.events import LogTailer
+from cai_orchestrator.events import EventBatcher, LogTailer
 from cai_orchestrator.graph import Agent
 from cai_orchestrator.llm import ModelFactory
 from cai_orchestrator.retrieval import RetrieverClient
@@ -92,7 +92,8 @@ async def serve(settings: Settings) -> None:
                 "thread_system_prompt": thread.metadata.get("system_prompt") if thread else None,
             }
 
-        worker = Worker(settings, redis, store, graph, run_settings, pubsub_redis)
+        batcher = EventBatcher(redis)  # every run's events, one pipeline at a time
+        worker = Worker(settings, redis, store, graph, run_settings, pubsub_redis, batcher)
         service = GrpcService(
             "orchestrator",
             settings.grpc_port,
@@ -114,6 +115,7 @@ async def serve(settings: Settings) -> None:
         )
         await worker.ensure_group()
         tailer.start()
+        batcher.start()
         worker.start()
         await service.start()
         service.install_signal_handlers()
@@ -130,6 +132,7 @@ async def serve(settings: Settings) -> None:
         finally:
             health.cancel()
             await tailer.stop()
+            await batcher.stop()
             await retriever.close()
             with contextlib.suppress(RedisError, OSError):
                 await redis.aclose()

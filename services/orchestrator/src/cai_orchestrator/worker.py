@@ -27,7 +27,7 @@ from cai_common.logging import bind, log_context
 from cai_common.telemetry import extract_context
 from cai_orchestrator import keys, metrics
 from cai_orchestrator.config import Settings
-from cai_orchestrator.events import EventWriter, dumps
+from cai_orchestrator.events import EventBatcher, EventWriter, dumps
 from cai_orchestrator.runner import execute
 from cai_orchestrator.store import TERMINAL_STATUSES, RunRecord, RunStore
 
@@ -57,8 +57,10 @@ class Worker:
         graph: CompiledStateGraph,
         run_settings: Callable[[RunRecord], Awaitable[dict[str, Any]]],
         pubsub_redis: Redis | None = None,
+        batcher: EventBatcher | None = None,
     ) -> None:
         self.settings = settings
+        self.batcher = batcher
         self.redis = redis
         self.store = store
         self.graph = graph
@@ -187,6 +189,7 @@ class Worker:
             run_id,
             s.coalesce_ms / 1000,
             int(s.run_timeout_seconds * s.max_attempts) + s.event_log_ttl_seconds,
+            self.batcher,
         )
         attempt = run.attempt + 1
         heartbeat = asyncio.create_task(self._heartbeat(lease_key, run_id))
