@@ -940,7 +940,7 @@ class Bench:
                 steps.append(
                     (
                         prof,
-                        lambda prof=prof, pruns=pruns, d=d: self.scenario_profile(
+                        lambda prof=prof, pc=pc, pruns=pruns, d=d: self.scenario_profile(
                             prof, pc, pruns, d
                         ),
                         20.0,
