@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from cai_orchestrator import keys
 from cai_devstack.procs import free_port
+from cai_orchestrator import keys
 from cai_orchestrator.events import (
     EventBatcher,
     EventWriter,
