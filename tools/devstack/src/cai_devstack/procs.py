@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,10 +19,40 @@ import httpx
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
 
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as s:
+    """A TCP port that is free on 127.0.0.1 right now, below the ephemeral range.
+
+    A port the kernel hands out for `bind(0)` comes from the range it also uses for outgoing
+    connections, so between choosing it and the server binding it, any client connection may
+    take it ("address already in use", seen in CI). Ports below the range are never taken that
+    way. A port is not handed out twice by one process.
+    """
+    low, _ = _ephemeral_range()
+    start = 20000 if low > 21000 else 1024
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(start, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # the low range is crowded: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
