@@ -192,3 +192,23 @@ async def test_a_failed_batch_fails_the_run_at_its_next_write() -> None:
     finally:
         await batcher.stop()
         await dead.aclose()
+
+
+async def test_an_abandoned_attempt_writes_nothing_more(
+    redis: Redis, batcher: EventBatcher
+) -> None:
+    run_id = str(uuid.uuid4())
+    writer = EventWriter(redis, run_id, coalesce_s=10, safety_ttl_s=600, batcher=batcher)
+    await writer.emit("metadata", b"{}")
+    await writer.token("m", "written", b"{}")  # a message's first token: due at once
+    await writer.flush()
+    await writer.token("m", " dropped", b"{}")  # due only 10 s later
+    await writer.abandon()  # the attempt is handed back before that
+    await writer.flush()  # (would write " dropped" had it not been dropped)
+    assert writer not in batcher._due
+    contents = [
+        orjson.loads(f[b"d"])[0]["content"]
+        for _, f in await redis.xrange(keys.events(run_id))
+        if f[b"e"] == b"messages"
+    ]
+    assert contents == ["written"]

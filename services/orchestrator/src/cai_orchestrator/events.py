@@ -90,7 +90,7 @@ class EventBatcher:
         self._due: dict[EventWriter, float] = {}  # writer -> when its events must be written
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.pipelines = 0  # round trips made (tests and metrics read it)
+        self.pipelines = 0  # round trips made (the tests read it)
 
     def start(self) -> None:
         """Start the write loop."""
@@ -112,6 +112,10 @@ class EventBatcher:
         if due is None or at < due:
             self._due[writer] = at
             self._wake.set()
+
+    def unschedule(self, writer: EventWriter) -> None:
+        """Forget a writer's due events (it dropped them)."""
+        self._due.pop(writer, None)
 
     async def _loop(self) -> None:
         while True:
@@ -289,6 +293,25 @@ class EventWriter:
                     self._expiry_set = True
                 await pipe.execute()
             self._last_flush = time.monotonic()
+
+    async def abandon(self) -> None:
+        """The attempt ends unfinished (handed back, lease lost): drop what is not written yet,
+        and wait for a write already on its way, so nothing of this attempt lands in the log
+        after the next attempt's `retry` event. The retry streams the answer again."""
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            self._flush_task = None
+        self._tokens = None
+        self._pending = []
+        if self.batcher is not None:
+            self.batcher.unschedule(self)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.cancel()
+        self._waiters = []
+        if self._inflight is not None and not self._inflight.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._inflight)
 
     async def finish(self) -> None:
         """Write everything pending; the terminal event is then written with the run's status."""

@@ -230,6 +230,8 @@ class Worker:
                 await self.redis.hget(keys.run(run_id), "status") or b""
             ).decode() in TERMINAL_STATUSES:
                 await self._ack(entry_id)
+            else:  # handed back or lease lost: the next attempt streams after its `retry`
+                await writer.abandon()
             with contextlib.suppress(RedisError):
                 await self._release(keys=[lease_key], args=[self.consumer])
 
