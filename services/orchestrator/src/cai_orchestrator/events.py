@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from cai_orchestrator import keys
@@ -141,11 +142,7 @@ class EventBatcher:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for writer, (batch, _) in batches:
-                    for event, data in batch:
-                        pipe.xadd(writer.key, {EVENT_FIELD: event, DATA_FIELD: data})
-                    if batch and not writer._expiry_set:
-                        pipe.expire(writer.key, writer.safety_ttl_s)
-                        writer._expiry_set = True
+                    writer._add_writes(pipe, batch)
                 await pipe.execute()
         except asyncio.CancelledError:
             for writer, (_, waiters) in batches:
@@ -285,14 +282,18 @@ class EventWriter:
                 return
             batch, self._pending = self._pending, []
             async with self.redis.pipeline(transaction=False) as pipe:
-                for event, data in batch:
-                    pipe.xadd(self.key, {EVENT_FIELD: event, DATA_FIELD: data})
-                if not self._expiry_set:
-                    # An orphaned log (its run lost for good) still goes away eventually.
-                    pipe.expire(self.key, self.safety_ttl_s)
-                    self._expiry_set = True
+                self._add_writes(pipe, batch)
                 await pipe.execute()
             self._last_flush = time.monotonic()
+
+    def _add_writes(self, pipe: Pipeline, batch: list[tuple[bytes, bytes]]) -> None:
+        """Queue `batch`'s XADDs on `pipe` (and the log's safety expiry with its first write)."""
+        for event, data in batch:
+            pipe.xadd(self.key, {EVENT_FIELD: event, DATA_FIELD: data})
+        if batch and not self._expiry_set:
+            # An orphaned log (its run lost for good) still goes away eventually.
+            pipe.expire(self.key, self.safety_ttl_s)
+            self._expiry_set = True
 
     async def abandon(self) -> None:
         """The attempt ends unfinished (handed back, lease lost): drop what is not written yet,
