@@ -22,7 +22,9 @@ TTFT = Histogram(
     "cai_time_to_first_token_seconds", "Time to first token", ["where"], buckets=LATENCY_BUCKETS
 )
 INTER_TOKEN = Histogram(
-    "cai_inter_token_seconds", "Time between consecutive tokens from the model",
+    "cai_inter_token_seconds",
+    "Time between consecutive content chunks from the model (tokens that arrive in one read "
+    "come as one chunk)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )  # fmt: skip
 TOKENS = Counter("cai_tokens_total", "Model tokens by direction", ["direction"])
