@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cai_devstack.procs import Proc, free_port, redis_command, redis_ready
+from cai_devstack.stack import Stack, StackConfig
 
 
 def start_redis(tmp: Path, name: str = "redis", modules: bool = True) -> tuple[Proc, str]:
@@ -33,3 +36,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         proc.stop()
+
+
+@contextlib.contextmanager
+def running_stack(run_dir: Path, timeout: float = 180.0, **config: Any) -> Iterator[Stack]:
+    """A whole Cai stack on free ports, up for the `with` block and stopped after it.
+
+    The one way tests start a full stack: `config` takes any StackConfig field (replicas,
+    `service_env`, `llm_sim_args`, `with_retriever`, ...). Use it inside a fixture of the scope
+    the stack should live for.
+    """
+    stack = Stack(StackConfig.ephemeral(run_dir, **config))
+    stack.up(timeout=timeout)
+    try:
+        yield stack
+    finally:
+        stack.down()
