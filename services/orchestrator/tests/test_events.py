@@ -13,13 +13,12 @@ from redis.exceptions import RedisError
 
 from cai_devstack.procs import free_port
 from cai_orchestrator import keys
-from cai_orchestrator.events import (
-    EventBatcher,
-    EventWriter,
-    LogTailer,
-    Subscription,
-    parse_event_id,
-)
+from cai_orchestrator.events import EventBatcher, EventWriter, parse_event_id
+from cai_orchestrator.tailer import LogTailer, Subscription
+
+
+def log_key(run_id: str) -> str:
+    return keys.run_keys("tenant", "thread", run_id).events
 
 
 @pytest.fixture
@@ -61,14 +60,14 @@ def test_parse_event_id() -> None:
 
 async def test_writer_merges_token_bursts_and_keeps_order(redis: Redis) -> None:
     run_id = str(uuid.uuid4())
-    writer = EventWriter(redis, run_id, coalesce_s=0.05, safety_ttl_s=600)
+    writer = EventWriter(redis, log_key(run_id), coalesce_s=0.05, safety_ttl_s=600)
     await writer.emit("metadata", b'{"run_id":"x"}')
     meta = b'{"langgraph_node":"agent"}'
     for i in range(50):
         await writer.token("msg-1", f" t{i}", meta)
     await writer.emit("values", b"{}")
     await writer.close("end", b"null", ttl_s=120)
-    entries = await redis.xrange(keys.events(run_id))
+    entries = await redis.xrange(log_key(run_id))
     names = [f[b"e"] for _, f in entries]
     assert names[0] == b"metadata" and names[-2:] == [b"values", b"end"]
     token_events = [orjson.loads(f[b"d"]) for _, f in entries if f[b"e"] == b"messages"]
@@ -80,15 +79,15 @@ async def test_writer_merges_token_bursts_and_keeps_order(redis: Redis) -> None:
         chunk["type"] == "AIMessageChunk" and chunk["id"] == "msg-1" for chunk, _ in token_events
     )
     assert all(m == {"langgraph_node": "agent"} for _, m in token_events)
-    assert 0 < await redis.ttl(keys.events(run_id)) <= 120
+    assert 0 < await redis.ttl(log_key(run_id)) <= 120
 
 
 async def test_tail_replays_then_follows_until_the_end(redis: Redis, tailer: LogTailer) -> None:
     run_id = str(uuid.uuid4())
-    writer = EventWriter(redis, run_id, coalesce_s=0, safety_ttl_s=600)
+    writer = EventWriter(redis, log_key(run_id), coalesce_s=0, safety_ttl_s=600)
     await writer.emit("metadata", b"1")
     await writer.emit("values", b"2")
-    sub = await tailer.subscribe(run_id, (0, 0))
+    sub = await tailer.subscribe(log_key(run_id), (0, 0))
     await writer.emit("values", b"3")
     await writer.close("end", b"null", 60)
     got = await drain(sub)
@@ -100,11 +99,11 @@ async def test_resume_after_an_id_delivers_the_rest_exactly_once(
     redis: Redis, tailer: LogTailer
 ) -> None:
     run_id = str(uuid.uuid4())
-    writer = EventWriter(redis, run_id, coalesce_s=0, safety_ttl_s=600)
+    writer = EventWriter(redis, log_key(run_id), coalesce_s=0, safety_ttl_s=600)
     for i in range(10):
         await writer.emit("values", str(i).encode())
-    ids = [eid for eid, _ in await redis.xrange(keys.events(run_id))]
-    sub = await tailer.subscribe(run_id, parse_event_id(ids[4]))
+    ids = [eid for eid, _ in await redis.xrange(log_key(run_id))]
+    sub = await tailer.subscribe(log_key(run_id), parse_event_id(ids[4]))
     await writer.close("end", b"null", 60)
     got = await drain(sub)
     assert [d for _, _, d in got] == [b"5", b"6", b"7", b"8", b"9", b"null"]
@@ -115,7 +114,7 @@ async def test_many_concurrent_subscribers_at_different_positions_lose_nothing(
 ) -> None:
     """Subscriptions that arrive while the tailer is blocked, mid-write, each get every event."""
     runs = [str(uuid.uuid4()) for _ in range(5)]
-    writers = [EventWriter(redis, r, coalesce_s=0, safety_ttl_s=600) for r in runs]
+    writers = [EventWriter(redis, log_key(r), coalesce_s=0, safety_ttl_s=600) for r in runs]
     total = 60
 
     async def produce(w: EventWriter) -> None:
@@ -127,7 +126,7 @@ async def test_many_concurrent_subscribers_at_different_positions_lose_nothing(
 
     async def consume(run_id: str, delay: float) -> list[bytes]:
         await asyncio.sleep(delay)
-        sub = await tailer.subscribe(run_id, (0, 0))
+        sub = await tailer.subscribe(log_key(run_id), (0, 0))
         try:
             return [d for _, _, d in await drain(sub)]
         finally:
@@ -155,7 +154,9 @@ async def test_batched_writers_share_round_trips_and_keep_each_log_in_order(
     meta = b'{"langgraph_node":"agent"}'
 
     async def produce(run_id: str) -> None:
-        writer = EventWriter(redis, run_id, coalesce_s=0.005, safety_ttl_s=600, batcher=batcher)
+        writer = EventWriter(
+            redis, log_key(run_id), coalesce_s=0.005, safety_ttl_s=600, batcher=batcher
+        )
         await writer.emit("metadata", run_id.encode())
         for i in range(50):
             await writer.token("msg-1", f" t{i}", meta)
@@ -167,13 +168,13 @@ async def test_batched_writers_share_round_trips_and_keep_each_log_in_order(
     await asyncio.gather(*(produce(r) for r in runs))
     events = 0
     for run_id in runs:
-        entries = await redis.xrange(keys.events(run_id))
+        entries = await redis.xrange(log_key(run_id))
         events += len(entries)
         names = [f[b"e"] for _, f in entries]
         assert names[0] == b"metadata" and names[-2:] == [b"values", b"end"], names
         tokens = [orjson.loads(f[b"d"]) for _, f in entries if f[b"e"] == b"messages"]
         assert "".join(c["content"] for c, _ in tokens) == "".join(f" t{i}" for i in range(50))
-        assert 0 < await redis.ttl(keys.events(run_id)) <= 120
+        assert 0 < await redis.ttl(log_key(run_id)) <= 120
     # Many runs' events went out together: far fewer round trips than events.
     assert batcher.pipelines < events / 3, (batcher.pipelines, events)
 
@@ -183,7 +184,7 @@ async def test_a_failed_batch_fails_the_run_at_its_next_write() -> None:
     batcher = EventBatcher(dead)
     batcher.start()
     try:
-        writer = EventWriter(dead, str(uuid.uuid4()), 0.005, 600, batcher=batcher)
+        writer = EventWriter(dead, log_key(str(uuid.uuid4())), 0.005, 600, batcher=batcher)
         await writer.token("m", "first", b"{}")  # scheduled, not awaited
         with pytest.raises(RedisError):
             await writer.flush()
@@ -198,7 +199,7 @@ async def test_an_abandoned_attempt_writes_nothing_more(
     redis: Redis, batcher: EventBatcher
 ) -> None:
     run_id = str(uuid.uuid4())
-    writer = EventWriter(redis, run_id, coalesce_s=10, safety_ttl_s=600, batcher=batcher)
+    writer = EventWriter(redis, log_key(run_id), coalesce_s=10, safety_ttl_s=600, batcher=batcher)
     await writer.emit("metadata", b"{}")
     await writer.token("m", "written", b"{}")  # a message's first token: due at once
     await writer.flush()
@@ -208,7 +209,7 @@ async def test_an_abandoned_attempt_writes_nothing_more(
     assert writer not in batcher._due
     contents = [
         orjson.loads(f[b"d"])[0]["content"]
-        for _, f in await redis.xrange(keys.events(run_id))
+        for _, f in await redis.xrange(log_key(run_id))
         if f[b"e"] == b"messages"
     ]
     assert contents == ["written"]

@@ -1,23 +1,54 @@
-"""RunStore against a real Redis: atomic multitask decisions, idempotency, tenants."""
+"""RunStore and RunService against a real Redis: atomic multitask decisions, the queue append
+that follows them, idempotency, tenants in every key."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 from redis.asyncio import Redis
 
 from cai_orchestrator import keys
-from cai_orchestrator.store import NewRun, RunStore, StoreError
+from cai_orchestrator.assistants import Assistant, Assistants
+from cai_orchestrator.cancel import CancelBus
+from cai_orchestrator.events import EventLogs
+from cai_orchestrator.queue import RunQueue
+from cai_orchestrator.records import NewRun, RunRecord, StoreError
+from cai_orchestrator.runs import RunService
+from cai_orchestrator.store import RunStore
+from cai_orchestrator.tailer import LogTailer
+
+
+@dataclass
+class Parts:
+    store: RunStore
+    queue: RunQueue
+    runs: RunService
+    redis: Redis
 
 
 @pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RunStore]:
+async def parts(redis_url: str) -> AsyncIterator[Parts]:
     redis = Redis.from_url(redis_url)
-    yield RunStore(redis, 3600)
+    await redis.delete(keys.QUEUE, keys.DISPATCHING)
+    store = RunStore(redis, 3600)
+    queue = RunQueue(redis, "test-replica")
+    await queue.ensure_group()
+    tailer = LogTailer(redis, redis, "test-replica")
+    logs = EventLogs(redis, 0, 600, 60)
+    runs = RunService(
+        store, queue, CancelBus(redis), logs, tailer, Assistants([Assistant(id="chat")]), 5
+    )
+    yield Parts(store, queue, runs, redis)
     await redis.aclose()
+
+
+@pytest.fixture
+def store(parts: Parts) -> RunStore:
+    return parts.store
 
 
 def new_run(thread_id: str, strategy: str = "enqueue", tenant: str = "t1", **kw: object) -> NewRun:
@@ -32,82 +63,116 @@ def new_run(thread_id: str, strategy: str = "enqueue", tenant: str = "t1", **kw:
     )
 
 
-async def queued_run_ids(store: RunStore) -> list[str]:
-    entries = await store.redis.xrange(keys.QUEUE)
+async def queued_run_ids(parts: Parts) -> list[str]:
+    entries = await parts.redis.xrange(keys.QUEUE)
     return [f[b"run_id"].decode() for _, f in entries]
 
 
-async def test_first_run_is_dispatched_and_thread_turns_busy(store: RunStore) -> None:
-    thread = await store.create_thread("t1", "", {"k": "v"}, "raise")
-    run, existed = await store.create_run(new_run(thread.thread_id))
-    assert not existed
-    assert run.run_id in await queued_run_ids(store)
-    t = await store.get_thread("t1", thread.thread_id)
+async def finish(store: RunStore, run: RunRecord, status: str = "success") -> str:
+    nxt = await store.finish_run(run, status, "idle", "", ("end", b"null"), 60)
+    return nxt[0] if nxt else "idle"
+
+
+async def test_first_run_is_queued_and_thread_turns_busy(parts: Parts) -> None:
+    thread = await parts.store.create_thread("t1", "", {"k": "v"}, "raise")
+    run = await parts.runs.create(new_run(thread.thread_id))
+    assert run.run_id in await queued_run_ids(parts)
+    assert await parts.queue.overdue_intents() == []  # the intent went with the append
+    t = await parts.store.get_thread("t1", thread.thread_id)
     assert t is not None and t.status == "busy" and t.active_run == run.run_id
 
 
-async def test_reject_refuses_a_second_run_while_one_is_active(store: RunStore) -> None:
-    thread = await store.create_thread("t1", "", {}, "raise")
-    await store.create_run(new_run(thread.thread_id))
+async def test_reject_refuses_a_second_run_while_one_is_active(parts: Parts) -> None:
+    thread = await parts.store.create_thread("t1", "", {}, "raise")
+    await parts.runs.create(new_run(thread.thread_id))
     with pytest.raises(StoreError) as err:
-        await store.create_run(new_run(thread.thread_id, "reject"))
+        await parts.runs.create(new_run(thread.thread_id, "reject"))
     assert err.value.code == "conflict"
 
 
-async def test_enqueue_runs_one_after_another_in_order(store: RunStore) -> None:
+async def test_enqueue_runs_one_after_another_in_order(parts: Parts) -> None:
+    store = parts.store
     thread = await store.create_thread("t1", "", {}, "raise")
-    first, _ = await store.create_run(new_run(thread.thread_id))
-    second, _ = await store.create_run(new_run(thread.thread_id))
-    third, _ = await store.create_run(new_run(thread.thread_id))
-    queued = await queued_run_ids(store)
-    assert first.run_id in queued and second.run_id not in queued and third.run_id not in queued
-    assert await store.finish_run(first, "success", "idle") == f"next:{second.run_id}"
-    assert second.run_id in await queued_run_ids(store)
-    assert await store.finish_run(second, "success", "idle") == f"next:{third.run_id}"
-    assert await store.finish_run(third, "success", "idle") == "idle"
+    first = await parts.runs.create(new_run(thread.thread_id))
+    second = await parts.runs.create(new_run(thread.thread_id))
+    third = await parts.runs.create(new_run(thread.thread_id))
+    assert await queued_run_ids(parts) == [first.run_id]  # the others wait for the thread
+    assert await store.parked_position(second.ref) == 1
+    assert await finish(store, first) == second.run_id
+    assert await finish(store, second) == third.run_id
+    assert await finish(store, third) == "idle"
     t = await store.get_thread("t1", thread.thread_id)
     assert t is not None and t.status == "idle" and t.active_run == ""
 
 
-async def test_interrupt_flags_the_active_run_and_puts_the_new_run_next(store: RunStore) -> None:
+async def test_interrupt_flags_the_active_run_and_puts_the_new_run_next(parts: Parts) -> None:
+    store = parts.store
     thread = await store.create_thread("t1", "", {}, "raise")
-    first, _ = await store.create_run(new_run(thread.thread_id))
-    waiting, _ = await store.create_run(new_run(thread.thread_id, "enqueue"))
-    urgent, _ = await store.create_run(new_run(thread.thread_id, "interrupt"))
-    assert await store.redis.get(keys.cancel(first.run_id)) == b"interrupt"
-    assert await store.finish_run(first, "interrupted", "idle") == f"next:{urgent.run_id}"
-    assert await store.finish_run(urgent, "success", "idle") == f"next:{waiting.run_id}"
+    first = await parts.runs.create(new_run(thread.thread_id))
+    waiting = await parts.runs.create(new_run(thread.thread_id, "enqueue"))
+    urgent = await parts.runs.create(new_run(thread.thread_id, "interrupt"))
+    assert await parts.runs.bus.requested(first.ref) == "interrupt"
+    assert await finish(store, first, "interrupted") == urgent.run_id
+    assert await finish(store, urgent) == waiting.run_id
 
 
-async def test_racing_creates_with_reject_start_exactly_one_run(store: RunStore) -> None:
-    thread = await store.create_thread("t1", "", {}, "raise")
+async def test_racing_creates_with_reject_start_exactly_one_run(parts: Parts) -> None:
+    thread = await parts.store.create_thread("t1", "", {}, "raise")
     results = await asyncio.gather(
-        *(store.create_run(new_run(thread.thread_id, "reject")) for _ in range(20)),
+        *(parts.runs.create(new_run(thread.thread_id, "reject")) for _ in range(20)),
         return_exceptions=True,
     )
-    created = [r for r in results if not isinstance(r, BaseException)]
-    conflicts = [r for r in results if isinstance(r, StoreError) and r.code == "conflict"]
-    assert len(created) == 1 and len(conflicts) == 19
+    started = [r for r in results if isinstance(r, RunRecord)]
+    refused = [r for r in results if isinstance(r, StoreError) and r.code == "conflict"]
+    assert len(started) == 1 and len(refused) == 19
+    assert await queued_run_ids(parts) == [started[0].run_id]
 
 
 async def test_idempotency_key_returns_the_same_run(store: RunStore) -> None:
     thread = await store.create_thread("t1", "", {}, "raise")
     key = str(uuid.uuid4())
-    first, existed1 = await store.create_run(new_run(thread.thread_id, idempotency_key=key))
-    again, existed2 = await store.create_run(new_run(thread.thread_id, idempotency_key=key))
-    assert (existed1, existed2) == (False, True)
-    assert again.run_id == first.run_id
-    assert await store.list_runs("t1", thread.thread_id, 10, 0) == [again]
+    first = await store.create_run(new_run(thread.thread_id, idempotency_key=key))
+    again = await store.create_run(new_run(thread.thread_id, idempotency_key=key))
+    assert not first.existed and again.existed
+    assert again.run.run_id == first.run.run_id
+    assert await store.list_runs("t1", thread.thread_id, 10, 0) == [again.run]
 
 
-async def test_another_tenants_thread_and_run_are_not_found(store: RunStore) -> None:
+async def test_a_stateless_runs_idempotency_key_finds_it_again(store: RunStore) -> None:
+    key = str(uuid.uuid4())
+    first = await store.create_run(new_run("", temporary=True, idempotency_key=key))
+    again = await store.create_run(new_run("", temporary=True, idempotency_key=key))
+    other = await store.create_run(
+        new_run("", "enqueue", "t2", temporary=True, idempotency_key=key)
+    )
+    assert again.existed and again.run.run_id == first.run.run_id
+    assert not other.existed and other.run.run_id != first.run.run_id  # keys are per tenant
+
+
+async def test_tenants_have_their_own_thread_ids(store: RunStore) -> None:
     thread = await store.create_thread("t1", "", {}, "raise")
-    run, _ = await store.create_run(new_run(thread.thread_id))
+    created = await store.create_run(new_run(thread.thread_id))
     assert await store.get_thread("t2", thread.thread_id) is None
-    assert await store.get_run("t2", run.run_id) is None
+    assert await store.get_run("t2", created.run.run_id) is None
     with pytest.raises(StoreError) as err:
         await store.create_run(new_run(thread.thread_id, tenant="t2"))
     assert err.value.code == "not_found"
+    # The same id is free for another tenant: nothing tells it the id exists elsewhere.
+    theirs = await store.create_thread("t2", thread.thread_id, {"owner": "t2"}, "raise")
+    assert theirs.thread_id == thread.thread_id
+    mine = await store.get_thread("t1", thread.thread_id)
+    assert mine is not None and mine.metadata == {}
+
+
+async def test_a_run_is_found_by_its_id_alone(store: RunStore) -> None:
+    thread = await store.create_thread("t1", "", {}, "raise")
+    on_thread = (await store.create_run(new_run(thread.thread_id))).run
+    stateless = (await store.create_run(new_run("", temporary=True))).run
+    found = await store.get_run("t1", on_thread.run_id)
+    assert found is not None and found.thread_id == thread.thread_id
+    found = await store.get_run("t1", stateless.run_id)
+    assert found is not None and found.thread_id == stateless.run_id
+    assert await store.get_run("t1", on_thread.run_id, "another-thread") is None
 
 
 async def test_unknown_thread_is_not_found_unless_if_not_exists_create(store: RunStore) -> None:
@@ -115,9 +180,12 @@ async def test_unknown_thread_is_not_found_unless_if_not_exists_create(store: Ru
     with pytest.raises(StoreError) as err:
         await store.create_run(new_run(missing))
     assert err.value.code == "not_found"
-    run, _ = await store.create_run(new_run(missing, if_not_exists="create"))
+    created = await store.create_run(new_run(missing, if_not_exists="create"))
     assert (await store.get_thread("t1", missing)) is not None
-    assert run.thread_id == missing
+    assert created.run.thread_id == missing
+    assert [t.thread_id for t in await store.search_threads("t1", {}, "", 100, 0)].count(
+        missing
+    ) == 1
 
 
 async def test_thread_ids_are_unique(store: RunStore) -> None:
@@ -131,10 +199,61 @@ async def test_thread_ids_are_unique(store: RunStore) -> None:
 
 async def test_terminal_event_and_final_status_land_together(store: RunStore) -> None:
     thread = await store.create_thread("t1", "", {}, "raise")
-    run, _ = await store.create_run(new_run(thread.thread_id))
+    run = (await store.create_run(new_run(thread.thread_id))).run
     await store.finish_run(run, "error", "error", "boom", ("error", b'{"message":"boom"}'), 60)
-    last = (await store.redis.xrevrange(keys.events(run.run_id), count=1))[0][1]
+    log = run.ref.keys.events
+    last = (await store.redis.xrevrange(log, count=1))[0][1]
     assert last == {b"e": b"error", b"d": b'{"message":"boom"}'}
     record = await store.get_run("t1", run.run_id)
     assert record is not None and record.status == "error" and record.error == "boom"
-    assert 0 < await store.redis.ttl(keys.events(run.run_id)) <= 60
+    assert 0 < await store.redis.ttl(log) <= 60
+    assert 0 < await store.redis.ttl(run.ref.keys.record) <= 3600  # records expire after a run
+
+
+async def test_every_key_of_a_thread_shares_its_hash_tag(store: RunStore) -> None:
+    thread = await store.create_thread("t1", "", {}, "raise")
+    run = (await store.create_run(new_run(thread.thread_id, idempotency_key="k"))).run
+    tag = keys.thread_tag("t1", thread.thread_id)
+    found = [
+        k.decode() async for k in store.redis.scan_iter(match=f"cai:{{t:t1:{thread.thread_id}}}*")
+    ]
+    assert found and all(f"cai:{tag}:" in k for k in found)
+    rk = run.ref.keys
+    assert {rk.record, run.ref.thread_keys.record, run.ref.thread_keys.runs} <= set(found)
+
+
+async def test_a_lost_queue_append_is_found_and_requeued(parts: Parts) -> None:
+    # The creator "dies" after recording the run: its intent stays, the queue lacks the run.
+    thread = await parts.store.create_thread("t1", "", {}, "raise")
+    created = await parts.store.create_run(
+        new_run(thread.thread_id), first=lambda pipe, ref: parts.queue.intend(pipe, ref, -1)
+    )
+    assert created.dispatched and await queued_run_ids(parts) == []
+    assert await parts.runs.requeue_lost() == 1
+    assert await queued_run_ids(parts) == [created.run.run_id]
+    assert await parts.runs.requeue_lost() == 0  # the intent is gone with the append
+
+
+async def test_a_parked_run_is_not_requeued_by_the_sweep(parts: Parts) -> None:
+    thread = await parts.store.create_thread("t1", "", {}, "raise")
+    first = await parts.runs.create(new_run(thread.thread_id))
+    parked = await parts.store.create_run(
+        new_run(thread.thread_id), first=lambda pipe, ref: parts.queue.intend(pipe, ref, -1)
+    )
+    assert not parked.dispatched
+    assert await parts.runs.requeue_lost() == 0
+    assert await queued_run_ids(parts) == [first.run_id]
+    assert await parts.queue.overdue_intents() == []
+
+
+async def test_cancelling_a_parked_run_ends_it_in_place(parts: Parts) -> None:
+    thread = await parts.store.create_thread("t1", "", {}, "raise")
+    first = await parts.runs.create(new_run(thread.thread_id))
+    parked = await parts.runs.create(new_run(thread.thread_id))
+    await parts.runs.cancel("t1", thread.thread_id, parked.run_id, "interrupt")
+    record = await parts.store.get_run("t1", parked.run_id)
+    assert record is not None and record.status == "interrupted"
+    assert 0 < await parts.redis.ttl(parked.ref.keys.record) <= 3600
+    events = await parts.redis.xrange(parked.ref.keys.events)
+    assert [f[b"e"] for _, f in events] == [b"cancelled"]
+    assert await finish(parts.store, first) == "idle"  # the cancelled run never starts

@@ -74,20 +74,10 @@ class Assistant(BaseModel):
     model_headers: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    def to_api(self) -> dict[str, Any]:
-        """LangGraph Server's Assistant object (the prompt is shown: personas are not secrets)."""
-        return {
-            "assistant_id": self.id,
-            "graph_id": GRAPH_ID,
-            "name": self.name or self.id,
-            "description": self.description or None,
-            "config": {"configurable": self.configurable()},
-            "context": {},
-            "metadata": self.metadata,
-            "version": 1,
-            "created_at": _LOADED_AT,
-            "updated_at": _LOADED_AT,
-        }
+    @property
+    def loaded_at(self) -> str:
+        """When the assistants file was read (LangGraph's created/updated times)."""
+        return _LOADED_AT
 
     @property
     def summary_threshold(self) -> int:

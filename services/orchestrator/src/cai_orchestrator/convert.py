@@ -7,7 +7,8 @@ from typing import Any
 import orjson
 
 from cai.v1 import orchestrator_pb2 as pb
-from cai_orchestrator.store import NewRun
+from cai_orchestrator.events import dumps
+from cai_orchestrator.records import NewRun
 
 # LangGraph's Command fields a client may send (`resume` answers an interrupt).
 COMMAND_FIELDS = frozenset({"resume", "update", "goto"})
@@ -80,6 +81,19 @@ def new_run(req: pb.CreateRunRequest, stream_modes: list[str]) -> NewRun:
 
 def json_reply(obj: Any) -> pb.JsonReply:
     """A JsonReply from a JSON-able object."""
-    from cai_orchestrator.events import dumps
-
     return pb.JsonReply(json=dumps(obj))
+
+
+def page(limit: int, offset: int) -> tuple[int, int]:
+    """Validated paging (limit 0 means 10)."""
+    limit = limit or 10
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise InvalidRequest("limit must be 1..1000 and offset >= 0")
+    return limit, offset
+
+
+def run_events(batch: list[tuple[bytes, bytes, bytes]]) -> pb.StreamRunReply:
+    """Log entries as one StreamRun reply (the payload bytes are relayed as they are)."""
+    return pb.StreamRunReply(
+        events=[pb.RunEvent(id=i.decode(), event=e.decode(), data=d) for i, e, d in batch]
+    )

@@ -1,57 +1,125 @@
-"""Redis key names. One place, so the queue, the worker and the servicer agree."""
+"""Every Redis key name the orchestrator uses, built here and nowhere else.
+
+Layout (docs/architecture.md, "Redis keys"): every key of one thread and of its runs carries the
+thread's hash tag `{t:<tenant>:<thread_id>}`, so each Lua script about one thread touches one Redis
+Cluster slot, and the tenant is part of the name (two tenants may both have a thread "x"). The
+queue, the dispatch intents, the tenant indexes and the replica's wake stream are keys of their
+own; no script touches both a thread's keys and one of those.
+
+Lua scripts never spell a key: they get every key in KEYS, or (for a run whose id they learn
+inside the script) the thread's run-key prefix from `run_prefix()` in ARGV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 QUEUE = "cai:runs:queue"
 GROUP = "cai-orchestrators"
-
-
-def run(run_id: str) -> str:
-    """Hash: the run record."""
-    return f"cai:run:{run_id}"
-
-
-def events(run_id: str) -> str:
-    """Stream: the run's event log."""
-    return f"cai:run:{run_id}:events"
-
-
-def lease(run_id: str) -> str:
-    """String with TTL: the replica executing the run."""
-    return f"cai:run:{run_id}:lease"
-
-
-def cancel(run_id: str) -> str:
-    """String: the cancel action requested for the run (interrupt | rollback)."""
-    return f"cai:run:{run_id}:cancel"
-
-
+# Runs about to be appended to the queue (sorted set, score = when to check): the queue append
+# is a second step after the run is recorded, and a crash between the two must not lose the run.
+DISPATCHING = "cai:runs:dispatching"
 CANCEL_CHANNEL = "cai:cancel"
 
 
-def thread(thread_id: str) -> str:
-    """Hash: the thread record."""
-    return f"cai:thread:{thread_id}"
+def thread_tag(tenant: str, thread_id: str) -> str:
+    """The hash tag shared by a thread's keys and its runs' keys."""
+    return "{t:" + tenant + ":" + thread_id + "}"
 
 
-def thread_runs(thread_id: str) -> str:
-    """Sorted set: the thread's run ids by creation time."""
-    return f"cai:thread:{thread_id}:runs"
+@dataclass(frozen=True, slots=True)
+class ThreadKeys:
+    """The keys of one thread (all in one cluster slot)."""
+
+    tenant: str
+    thread_id: str
+
+    @property
+    def prefix(self) -> str:
+        """`cai:{t:<tenant>:<thread>}:`, the start of every key of the thread."""
+        return "cai:" + thread_tag(self.tenant, self.thread_id) + ":"
+
+    @property
+    def record(self) -> str:
+        """Hash: the thread record."""
+        return self.prefix + "thread"
+
+    @property
+    def runs(self) -> str:
+        """Sorted set: the thread's run ids by creation time."""
+        return self.prefix + "runs"
+
+    @property
+    def pending(self) -> str:
+        """List: runs waiting for the thread's active run to finish."""
+        return self.prefix + "pending"
+
+    @property
+    def run_prefix(self) -> str:
+        """What a run key of this thread starts with (Lua appends the run id)."""
+        return self.prefix + "run:"
+
+    def idempotency(self, key: str) -> str:
+        """String: the run created on this thread for an Idempotency-Key."""
+        return self.prefix + "idem:" + key
+
+    def run(self, run_id: str) -> RunKeys:
+        """The keys of one of the thread's runs."""
+        return RunKeys(self, run_id)
 
 
-def thread_pending(thread_id: str) -> str:
-    """List: runs waiting for the thread's active run to finish (enqueue strategy)."""
-    return f"cai:thread:{thread_id}:pending"
+@dataclass(frozen=True, slots=True)
+class RunKeys:
+    """The keys of one run (in its thread's slot)."""
+
+    thread: ThreadKeys
+    run_id: str
+
+    @property
+    def record(self) -> str:
+        """Hash: the run record."""
+        return self.thread.run_prefix + self.run_id
+
+    @property
+    def events(self) -> str:
+        """Stream: the run's event log; entry ids are the event ids clients resume from."""
+        return self.record + ":events"
+
+    @property
+    def lease(self) -> str:
+        """String with TTL: the replica executing the run."""
+        return self.record + ":lease"
+
+    @property
+    def cancel(self) -> str:
+        """String: the cancel action requested for the run (interrupt | rollback)."""
+        return self.record + ":cancel"
+
+
+def run_keys(tenant: str, thread_id: str, run_id: str) -> RunKeys:
+    """The keys of a run."""
+    return ThreadKeys(tenant, thread_id).run(run_id)
+
+
+# Lua's suffixes for a run found inside a script (`run_prefix .. id .. suffix`); RunKeys above
+# is the Python side of the same names.
+EVENTS_SUFFIX = ":events"
+CANCEL_SUFFIX = ":cancel"
 
 
 def tenant_threads(tenant: str) -> str:
     """Sorted set: the tenant's thread ids by creation time (for search)."""
-    return f"cai:tenant:{tenant}:threads"
+    return "cai:tenant:" + tenant + ":threads"
 
 
-def idempotency(tenant: str, key: str) -> str:
-    """String: run id created for an Idempotency-Key."""
-    return f"cai:idem:{tenant}:{key}"
+def run_thread(tenant: str, run_id: str) -> str:
+    """String: the thread of a run on a real thread, for callers that know only the run id.
+
+    Stateless runs have none: their temporary thread's id is the run id.
+    """
+    return "cai:tenant:" + tenant + ":run:" + run_id
 
 
 def wake(replica_id: str) -> str:
     """Stream: pokes this replica's log tailer so it picks up new subscriptions at once."""
-    return f"cai:tailer:{replica_id}:wake"
+    return "cai:tailer:" + replica_id + ":wake"

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cai.v1 import orchestrator_pb2_grpc
@@ -15,41 +13,40 @@ from cai_common.grpc_server import GrpcService
 from cai_common.metrics import start_metrics_server
 from cai_common.redis_client import resilient_redis
 from cai_common.settings import redact_url
-from cai_orchestrator import keys, metrics
+from cai_orchestrator import metrics
 from cai_orchestrator.assistants import Assistants
 from cai_orchestrator.checkpoint import open_checkpointer
 from cai_orchestrator.config import Settings
-from cai_orchestrator.events import EventBatcher, LogTailer
+from cai_orchestrator.engine import TAIL_BLOCK_MS, Engine
 from cai_orchestrator.graph import Agent
 from cai_orchestrator.llm import ModelFactory
+from cai_orchestrator.queue import RunQueue
 from cai_orchestrator.retrieval import RetrieverClient
 from cai_orchestrator.servicers.orchestrator import OrchestratorServicer
-from cai_orchestrator.store import RunRecord, RunStore
+from cai_orchestrator.store import RunStore
 from cai_orchestrator.worker import Worker
 
 log = logging.getLogger(__name__)
-TAIL_BLOCK_MS = 2000
 
 
-async def _sample_queue(redis: Redis, interval_s: float = 5.0) -> None:
+async def _sample_queue(queue: RunQueue, interval_s: float = 5.0) -> None:
     """Keep the queue gauges current (the KEDA trigger reads the same lag from Redis)."""
     while True:
         try:
-            for group in await redis.xinfo_groups(keys.QUEUE):
-                if group["name"] == keys.GROUP.encode():
-                    metrics.QUEUE_LAG.set(group.get("lag") or 0)
-                    metrics.QUEUE_PENDING.set(group.get("pending") or 0)
+            stats = await queue.stats()
+            metrics.QUEUE_LAG.set(stats["lag"])
+            metrics.QUEUE_PENDING.set(stats["pending"])
         except (RedisError, OSError):
             pass  # health reports Redis; gauges keep their last value
         await asyncio.sleep(interval_s)
 
 
-async def _watch_health(service: GrpcService, redis: Redis, worker: Worker) -> None:
+async def _watch_health(service: GrpcService, store: RunStore, worker: Worker) -> None:
     """SERVING only while Redis answers and the worker reads the queue."""
     serving: bool | None = None
     while True:
         try:
-            ok = bool(await redis.ping()) and worker.ready.is_set()
+            ok = await store.ping() and worker.ready.is_set()
         except (RedisError, OSError):
             ok = False
         if ok != serving:
@@ -71,7 +68,7 @@ async def serve(settings: Settings) -> None:
         settings.redis_url, max_connections=1, socket_timeout=TAIL_BLOCK_MS / 1000 + 10
     )
     pubsub_redis = resilient_redis(settings.redis_url, max_connections=2, socket_timeout=None)
-    await redis.ping()
+    await RunStore(redis, settings.run_record_ttl_seconds).ping()  # fail early, and clearly
     log.info("redis connected", extra={"url": redact_url(settings.redis_url)})
     start_metrics_server(settings.metrics_port)
 
@@ -80,59 +77,35 @@ async def serve(settings: Settings) -> None:
         agent = Agent(ModelFactory(settings), assistants, retriever)
         agent.check_tools()
         graph = agent.build(checkpointer)
-        store = RunStore(redis, settings.run_record_ttl_seconds)
-        tailer = LogTailer(tail_redis, redis, settings.replica_id, block_ms=TAIL_BLOCK_MS)
-
-        async def run_settings(run: RunRecord) -> dict[str, Any]:
-            """What a run needs beyond its record: limits and the thread's prompt override."""
-            assistant = assistants.get(run.assistant_id)
-            thread = await store.get_thread(run.tenant, run.thread_id) if run.thread_id else None
-            return {
-                "recursion_limit": assistant.recursion_limit if assistant else 10,
-                "thread_system_prompt": thread.metadata.get("system_prompt") if thread else None,
-            }
-
-        batcher = EventBatcher(redis)  # every run's events, one pipeline at a time
-        worker = Worker(settings, redis, store, graph, run_settings, pubsub_redis, batcher)
+        engine = Engine.build(settings, redis, tail_redis, pubsub_redis, graph, assistants)
         service = GrpcService(
             "orchestrator",
             settings.grpc_port,
             settings.grpc_host,
             settings.grpc_max_connection_age_seconds,
         )
-        servicer = OrchestratorServicer(
-            store,
-            tailer,
-            graph,
-            assistants,
-            worker.cancel_local,
-            settings.event_log_ttl_seconds,
-            settings.stream_heartbeat_seconds,
-        )
+        servicer = OrchestratorServicer(engine.threads, engine.runs, assistants, graph)
         service.add(
             "cai.v1.Orchestrator",
             lambda s: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(servicer, s),
         )
-        await worker.ensure_group()
-        tailer.start()
-        batcher.start()
-        worker.start()
+        await engine.start()
         await service.start()
         service.install_signal_handlers()
-        health = asyncio.create_task(_watch_health(service, redis, worker))
-        sampler = asyncio.create_task(_sample_queue(redis))
+        health = asyncio.create_task(_watch_health(service, engine.store, engine.worker))
+        sampler = asyncio.create_task(_sample_queue(engine.queue))
 
         async def drain() -> None:
             health.cancel()
             sampler.cancel()
-            await worker.shutdown(settings.shutdown_grace_seconds)
+            await engine.worker.shutdown(settings.shutdown_grace_seconds)
 
         try:
             await service.run(settings.shutdown_grace_seconds, drain)
         finally:
             health.cancel()
-            await tailer.stop()
-            await batcher.stop()
+            await engine.tailer.stop()
+            await engine.batcher.stop()
             await retriever.close()
             with contextlib.suppress(RedisError, OSError):
                 await redis.aclose()

@@ -1,47 +1,105 @@
-"""LangGraph StateSnapshot → LangGraph Server's ThreadState JSON shape."""
+"""Thread state: what the checkpointer holds for a thread, read and written through the graph."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
 
-def _checkpoint(config: Any) -> dict[str, Any] | None:
-    if not config:
-        return None
-    c = config.get("configurable", {})
-    return {
-        "thread_id": c.get("thread_id"),
-        "checkpoint_ns": c.get("checkpoint_ns", ""),
-        "checkpoint_id": c.get("checkpoint_id"),
-    }
+class InvalidUpdate(ValueError):
+    """A state update LangGraph refuses; the message says why."""
 
 
-def _interrupt(i: Any) -> dict[str, Any]:
-    return {"value": getattr(i, "value", None), "id": getattr(i, "id", None)}
+class ThreadState:
+    """A thread's checkpoints: current values, history, updates, rollback, deletion."""
 
+    def __init__(self, graph: CompiledStateGraph) -> None:
+        self.graph = graph
 
-def snapshot_to_api(snapshot: StateSnapshot, thread_id: str) -> dict[str, Any]:
-    """The ThreadState object LangGraph Server returns for GET /threads/{id}/state."""
-    return {
-        "values": snapshot.values or {},
-        "next": list(snapshot.next),
-        "tasks": [
-            {
-                "id": t.id,
-                "name": t.name,
-                "error": t.error,
-                "interrupts": [_interrupt(i) for i in t.interrupts],
-                "checkpoint": None,
-                "state": None,
-                "result": getattr(t, "result", None),
-            }
+    @property
+    def _saver(self) -> Any:
+        return self.graph.checkpointer
+
+    async def snapshot(self, thread_id: str, checkpoint_id: str = "") -> StateSnapshot:
+        """The thread's state at its head (or at `checkpoint_id`)."""
+        configurable: dict[str, Any] = {"thread_id": thread_id}
+        if checkpoint_id:
+            configurable["checkpoint_id"] = checkpoint_id
+        return await self.graph.aget_state({"configurable": configurable})
+
+    async def values_and_interrupts(self, thread_id: str) -> tuple[Any, dict[str, Any]]:
+        """The thread's current values and its pending interrupts by task id."""
+        snapshot = await self.snapshot(thread_id)
+        interrupts = {
+            t.id: [{"value": i.value, "id": i.id} for i in t.interrupts]
             for t in snapshot.tasks
-        ],
-        "metadata": snapshot.metadata or {},
-        "created_at": snapshot.created_at,
-        "checkpoint": _checkpoint(snapshot.config) or {"thread_id": thread_id},
-        "parent_checkpoint": _checkpoint(snapshot.parent_config),
-        "interrupts": [_interrupt(i) for i in getattr(snapshot, "interrupts", ())],
-    }
+            if t.interrupts
+        }
+        return snapshot.values or None, interrupts
+
+    async def is_waiting(self, thread_id: str) -> bool:
+        """Whether the graph stopped with work left (an interrupt)."""
+        return bool((await self.snapshot(thread_id)).next)
+
+    async def history(self, thread_id: str, before: str, limit: int) -> list[StateSnapshot]:
+        """Past states, newest first, after the checkpoint `before` (if given)."""
+        config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+        # The Redis saver ignores `before` (an upstream conformance failure), so page past the
+        # named checkpoint here, which works the same on every saver.
+        found: list[StateSnapshot] = []
+        seen_before = not before
+        async for snapshot in self.graph.aget_state_history(config):
+            if not seen_before:
+                seen_before = snapshot.config.get("configurable", {}).get("checkpoint_id") == before
+                continue
+            found.append(snapshot)
+            if len(found) >= limit:
+                break
+        return found
+
+    async def update(
+        self, thread_id: str, values: Any, as_node: str, checkpoint_id: str
+    ) -> dict[str, Any]:
+        """Write `values` as a new checkpoint (as if `as_node` had run); its config."""
+        if as_node and as_node not in self.graph.nodes:
+            raise InvalidUpdate(f"as_node {as_node!r} is not a node of the graph")
+        configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ""}
+        if checkpoint_id:
+            configurable["checkpoint_id"] = checkpoint_id
+        try:
+            new_config = await self.graph.aupdate_state(
+                {"configurable": configurable}, values, as_node=as_node or None
+            )
+        except (ValueError, KeyError, TypeError) as exc:  # LangGraph's own validation
+            raise InvalidUpdate(f"cannot apply this update: {exc}") from exc
+        return dict(new_config)
+
+    async def head_checkpoint(self, thread_id: str) -> str:
+        """Id of the thread's newest checkpoint ("" when it has none)."""
+        config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+        found = await self._saver.aget_tuple(config)
+        return str(found.config["configurable"]["checkpoint_id"]) if found else ""
+
+    async def rollback(self, thread_id: str, base: str | None) -> None:
+        """Make the thread's state what it was at `base` (the run's steps are discarded).
+
+        Neither the Redis nor the Postgres saver can delete single checkpoints, so the checkpoint
+        the run started from becomes the head again (the run's steps stay only as an abandoned
+        branch of the history); a run that was the thread's first empties the thread.
+        """
+        if base is None or base == await self.head_checkpoint(thread_id):
+            return  # the run wrote nothing
+        if base == "":
+            await self.delete(thread_id)
+            return
+        config: RunnableConfig = {
+            "configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": base}
+        }
+        await self.graph.aupdate_state(config, None)
+
+    async def delete(self, thread_id: str) -> None:
+        """Delete every checkpoint of the thread."""
+        await self._saver.adelete_thread(thread_id)

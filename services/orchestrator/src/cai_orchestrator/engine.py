@@ -1,0 +1,86 @@
+"""The run engine, composed: one object per Redis concern, the services over them, the worker.
+
+server.py builds it for the process; tests build it around a graph of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from langgraph.graph.state import CompiledStateGraph
+from redis.asyncio import Redis
+
+from cai_orchestrator.assistants import Assistants
+from cai_orchestrator.cancel import CancelBus
+from cai_orchestrator.config import Settings
+from cai_orchestrator.events import EventBatcher, EventLogs
+from cai_orchestrator.execution import RunExecutor
+from cai_orchestrator.lease import Leases
+from cai_orchestrator.queue import RunQueue
+from cai_orchestrator.runs import RunService
+from cai_orchestrator.state import ThreadState
+from cai_orchestrator.store import RunStore
+from cai_orchestrator.tailer import LogTailer
+from cai_orchestrator.threads import ThreadService
+from cai_orchestrator.worker import Worker
+
+TAIL_BLOCK_MS = 2000
+
+
+@dataclass
+class Engine:
+    """Everything a replica runs runs with."""
+
+    store: RunStore
+    queue: RunQueue
+    bus: CancelBus
+    batcher: EventBatcher
+    tailer: LogTailer
+    runs: RunService
+    threads: ThreadService
+    worker: Worker
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        redis: Redis,
+        tail_redis: Redis,
+        pubsub_redis: Redis,
+        graph: CompiledStateGraph,
+        assistants: Assistants,
+    ) -> Engine:
+        """Compose the engine over three Redis clients (shared, tailer's, pub/sub's)."""
+        s = settings
+        store = RunStore(redis, s.run_record_ttl_seconds)
+        queue = RunQueue(redis, s.replica_id)
+        bus = CancelBus(redis, pubsub_redis)
+        batcher = EventBatcher(redis)  # every run's events, one pipeline at a time
+        logs = EventLogs(
+            redis,
+            s.coalesce_ms / 1000,
+            int(s.run_timeout_seconds * s.max_attempts) + s.event_log_ttl_seconds,
+            s.event_log_ttl_seconds,
+            batcher,
+        )
+        tailer = LogTailer(tail_redis, redis, s.replica_id, block_ms=TAIL_BLOCK_MS)
+        state = ThreadState(graph)
+        runs = RunService(store, queue, bus, logs, tailer, assistants, s.stream_heartbeat_seconds)
+        threads = ThreadService(store, state, runs)
+        executor = RunExecutor(s, store, queue, state, graph, assistants)
+        leases = Leases(redis, s.replica_id, s.lease_seconds)
+        worker = Worker(s, runs, executor, leases, logs, state)
+        return cls(store, queue, bus, batcher, tailer, runs, threads, worker)
+
+    async def start(self) -> None:
+        """Create the queue's group, then start the tailer, the batcher and the worker."""
+        await self.worker.ensure_group()
+        self.tailer.start()
+        self.batcher.start()
+        self.worker.start()
+
+    async def stop(self, grace_s: float) -> None:
+        """Drain the worker within `grace_s`, then stop the loops."""
+        await self.worker.shutdown(grace_s)
+        await self.tailer.stop()
+        await self.batcher.stop()

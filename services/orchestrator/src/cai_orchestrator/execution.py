@@ -1,0 +1,168 @@
+"""How one attempt of a run executes and ends: the graph under a deadline, then exactly one
+terminal event (end, error, timeout or cancelled) written with the run's final status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.graph.state import CompiledStateGraph
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from cai_common.runs import CANCELLED, END, ERROR, INTERRUPTED, SUCCESS, TIMEOUT
+from cai_common.telemetry import extract_context
+from cai_orchestrator import keys, metrics
+from cai_orchestrator.assistants import Assistants
+from cai_orchestrator.config import Settings
+from cai_orchestrator.events import EventWriter, dumps
+from cai_orchestrator.queue import RunQueue
+from cai_orchestrator.records import RunRecord, RunRef
+from cai_orchestrator.runner import execute
+from cai_orchestrator.state import ThreadState
+from cai_orchestrator.store import RunStore
+
+log = logging.getLogger(__name__)
+TRACER = trace.get_tracer("cai.orchestrator")
+
+
+@dataclass
+class RunControl:
+    """What the worker knows of a job it executes: whether the graph runs, any cancel asked."""
+
+    cancel_action: str | None = None
+    executing: bool = False
+
+
+class RunExecutor:
+    """Executes runs' graphs and finishes them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RunStore,
+        queue: RunQueue,
+        state: ThreadState,
+        graph: CompiledStateGraph,
+        assistants: Assistants,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.state = state
+        self.graph = graph
+        self.assistants = assistants
+
+    async def run_settings(self, run: RunRecord) -> dict[str, Any]:
+        """What a run needs beyond its record: limits and the thread's prompt override."""
+        assistant = self.assistants.get(run.assistant_id)
+        thread = None
+        if run.thread_id and not run.temporary:
+            thread = await self.store.get_thread(run.tenant, run.thread_id)
+        return {
+            "recursion_limit": assistant.recursion_limit if assistant else 10,
+            "thread_system_prompt": thread.metadata.get("system_prompt") if thread else None,
+        }
+
+    async def execute(self, run: RunRecord, writer: EventWriter, control: RunControl) -> None:
+        """Execute the graph in a span that continues the trace of the request that created it."""
+        started = time.monotonic()
+        metrics.RUNS_IN_FLIGHT.inc()
+        # One trace covers gateway → orchestrator → queue → worker → retriever.
+        with TRACER.start_as_current_span(
+            "run",
+            context=extract_context(run.trace),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "cai.run_id": run.run_id,
+                "cai.thread_id": run.thread_id,
+                "cai.assistant_id": run.assistant_id,
+                "cai.attempt": run.attempt + 1,
+                "messaging.system": "redis",
+                "messaging.destination.name": keys.QUEUE,
+                "gen_ai.conversation.id": run.thread_id,
+            },
+        ) as span:
+            try:
+                control.executing = True
+                if control.cancel_action is not None:  # cancelled while it was starting
+                    await self.finish_cancelled(run, writer, control.cancel_action)
+                    status = INTERRUPTED
+                else:
+                    status = await self._execute_graph(run, writer, control)
+            finally:
+                control.executing = False
+                metrics.RUNS_IN_FLIGHT.dec()
+            span.set_attribute("cai.run_status", status)
+        metrics.RUN_DURATION.labels(status).observe(time.monotonic() - started)
+
+    async def _execute_graph(self, run: RunRecord, writer: EventWriter, control: RunControl) -> str:
+        s = self.settings
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(s.run_timeout_seconds):
+                resume = run.attempt > 0 and run.base_checkpoint != (
+                    await self.state.head_checkpoint(run.thread_id)
+                )
+                await execute(self.graph, run, writer, await self.run_settings(run), resume)
+        except TimeoutError:
+            message = f"Run exceeded its {s.run_timeout_seconds:g}s deadline"
+            await self.finish(
+                run, writer, TIMEOUT, "idle", {"error": "Timeout", "message": message}
+            )
+            return TIMEOUT
+        except asyncio.CancelledError:
+            if control.cancel_action is None:
+                raise  # the replica is shutting down: the run is handed back, not finished
+            await self.finish_cancelled(run, writer, control.cancel_action)
+            return INTERRUPTED
+        except Exception as exc:  # the graph failed: the run ends in a clear error event
+            log.warning("run ended in error", extra={"error": repr(exc)})
+            payload = {"error": type(exc).__name__, "message": str(exc)}
+            await self.finish(run, writer, ERROR, "error", payload)
+            return ERROR
+        if control.cancel_action is not None:
+            log.info("the cancel came after the graph had finished; the run succeeded")
+        waiting = await self.state.is_waiting(run.thread_id)
+        await self.finish(run, writer, SUCCESS, "interrupted" if waiting else "idle", None, END)
+        log.info("run finished", extra={"seconds": round(time.monotonic() - started, 3)})
+        return SUCCESS
+
+    async def finish_cancelled(self, run: RunRecord, writer: EventWriter, action: str) -> None:
+        """End a cancelled run (a rollback first restores the thread's state)."""
+        if action == "rollback" and run.thread_id:
+            await self.state.rollback(run.thread_id, run.base_checkpoint)
+        payload = {"action": action, "message": "Run was cancelled"}
+        await self.finish(run, writer, INTERRUPTED, "idle", payload, CANCELLED)
+
+    async def finish(
+        self,
+        run: RunRecord,
+        writer: EventWriter,
+        status: str,
+        thread_status: str,
+        payload: dict[str, Any] | None,
+        event: str | None = None,
+    ) -> None:
+        """Write what is pending, then the terminal event with the final status; queue the
+        thread's next run."""
+        await writer.finish()
+        message = (payload or {}).get("message", "") if status != SUCCESS else ""
+        if run.temporary:  # a stateless run's thread goes away with it
+            await self.state.delete(run.thread_id)
+            await self.store.drop_thread_keys(run.ref)
+        terminal = (event or status, dumps(payload))
+        nxt = await self.store.finish_run(
+            run, status, thread_status, message, terminal, self.settings.event_log_ttl_seconds
+        )
+        if nxt is not None:
+            await self.queue.append(RunRef(run.tenant, run.thread_id, nxt[0]), nxt[1])
+
+    async def queue_successor(self, ref: RunRef) -> None:
+        """A finished run's worker may have died before queueing the thread's next run."""
+        nxt = await self.store.successor(ref)
+        if nxt is not None:
+            await self.queue.append(RunRef(ref.tenant, ref.thread_id, nxt[0]), nxt[1])

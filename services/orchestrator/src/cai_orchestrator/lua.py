@@ -1,0 +1,104 @@
+"""The run engine's Lua scripts. Each touches the keys of one thread only (one cluster slot).
+
+Every key comes in KEYS, built by `keys.py`; a run the script finds by id (the thread's active or
+next run) is reached through the thread's run-key prefix passed in ARGV. The queue is never
+touched here: appending a dispatched run to it is the caller's second, idempotent step.
+"""
+
+# The run is recorded and the thread's multitask strategy decided, atomically.
+# KEYS: 1 thread, 2 pending, 3 thread runs, 4 run, 5 idempotency key
+# ARGV: 1 run_id, 2 tenant, 3 strategy, 4 now_iso, 5 score, 6 'create' a missing thread or not,
+#       7 run fields (json), 8 idempotency ttl (0: no key), 9 run-key prefix, 10 thread_id
+# Returns {outcome, run_id, run asked to stop}; outcome: existing | no_thread | conflict |
+# dispatched (the thread's active run now) | queued (waits behind the active run).
+CREATE_RUN = """
+if ARGV[8] ~= '0' then
+  local existing = redis.call('GET', KEYS[5])
+  if existing then return {'existing', existing, ''} end
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then return {'existing', ARGV[1], ''} end
+local owner = redis.call('HGET', KEYS[1], 'tenant')
+if not owner then
+  if ARGV[6] ~= 'create' then return {'no_thread', '', ''} end
+  redis.call('HSET', KEYS[1], 'thread_id', ARGV[10], 'tenant', ARGV[2],
+    'created_at', ARGV[4], 'updated_at', ARGV[4], 'metadata', '{}', 'status', 'idle',
+    'active_run', '')
+elseif owner ~= ARGV[2] then
+  return {'no_thread', '', ''}
+end
+local active = redis.call('HGET', KEYS[1], 'active_run')
+local outcome = 'dispatched'
+local interrupts = ''
+if active and active ~= '' then
+  local active_status = redis.call('HGET', ARGV[9] .. active, 'status')
+  if active_status == 'pending' or active_status == 'running' then
+    if ARGV[3] == 'reject' then return {'conflict', active, ''} end
+    if ARGV[3] == 'enqueue' then
+      redis.call('RPUSH', KEYS[2], ARGV[1])
+    else
+      redis.call('LPUSH', KEYS[2], ARGV[1])
+      interrupts = active
+    end
+    outcome = 'queued'
+  end
+end
+local fields = cjson.decode(ARGV[7])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[4], k, v) end
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'busy', 'updated_at', ARGV[4])
+if outcome == 'dispatched' then redis.call('HSET', KEYS[1], 'active_run', ARGV[1]) end
+if ARGV[8] ~= '0' then redis.call('SET', KEYS[5], ARGV[1], 'EX', tonumber(ARGV[8])) end
+return {outcome, ARGV[1], interrupts}
+"""
+
+# The terminal event and the final status land together (whoever sees one sees the other), and
+# the thread passes to its next pending run.
+# KEYS: 1 thread, 2 pending, 3 run, 4 event log
+# ARGV: 1 run_id, 2 status, 3 now_iso, 4 thread status when nothing follows, 5 run ttl, 6 error,
+#       7 terminal event name, 8 terminal event data, 9 event log ttl, 10 '1' if the run has a
+#       thread to hand on, 11 run-key prefix
+# Returns {'next', run_id, trace} when a run follows (the caller queues it), else {what}.
+FINISH_RUN = """
+redis.call('XADD', KEYS[4], '*', 'e', ARGV[7], 'd', ARGV[8])
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[9]))
+redis.call('HSET', KEYS[3], 'status', ARGV[2], 'updated_at', ARGV[3], 'error', ARGV[6])
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
+if ARGV[10] ~= '1' then return {'no_thread'} end
+if redis.call('HGET', KEYS[1], 'active_run') ~= ARGV[1] then return {'not_active'} end
+while true do
+  local nxt = redis.call('LPOP', KEYS[2])
+  if not nxt then break end
+  local nxt_key = ARGV[11] .. nxt
+  if redis.call('HGET', nxt_key, 'status') == 'pending' then
+    redis.call('HSET', KEYS[1], 'active_run', nxt, 'status', 'busy', 'updated_at', ARGV[3])
+    return {'next', nxt, redis.call('HGET', nxt_key, 'trace') or '{}'}
+  end
+end
+redis.call('HSET', KEYS[1], 'active_run', '', 'status', ARGV[4], 'updated_at', ARGV[3])
+return {'idle'}
+"""
+
+# A run still parked behind its thread's active run is cancelled in place.
+# KEYS: 1 pending, 2 run; ARGV: 1 run_id, 2 now_iso, 3 run ttl
+CANCEL_PARKED = """
+if redis.call('LREM', KEYS[1], 0, ARGV[1]) > 0 then
+  redis.call('HSET', KEYS[2], 'status', 'interrupted', 'updated_at', ARGV[2])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+  return 1
+end
+return 0
+"""
+
+# KEYS: 1 lease; ARGV: 1 owner, 2 ttl ms
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: 1 lease; ARGV: 1 owner
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

@@ -1,0 +1,178 @@
+"""The run engine's records: what a run and a thread are, what creating a run asks, its errors.
+
+Plain data, decoded from and encoded to Redis hashes by the store; no I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from cai_common.runs import TERMINAL_STATUSES  # noqa: F401 - re-exported for the engine
+from cai_orchestrator.keys import RunKeys, ThreadKeys, run_keys
+
+STRATEGIES = frozenset({"reject", "enqueue", "interrupt", "rollback"})
+CANCEL_ACTIONS = frozenset({"interrupt", "rollback"})
+
+
+def now_iso() -> str:
+    """UTC timestamp in LangGraph Server's format."""
+    return datetime.now(UTC).isoformat()
+
+
+class StoreError(Exception):
+    """A request the engine refuses; `code` maps onto gRPC status codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def not_found(what: str, ident: str) -> StoreError:
+    """The error for an unknown (or another tenant's) thread, run or assistant."""
+    return StoreError("not_found", f"{what} {ident} not found")
+
+
+@dataclass(frozen=True, slots=True)
+class RunRef:
+    """Where a run lives: enough to build every key of it."""
+
+    tenant: str
+    thread_id: str
+    run_id: str
+
+    @property
+    def keys(self) -> RunKeys:
+        """The run's Redis keys."""
+        return run_keys(self.tenant, self.thread_id, self.run_id)
+
+    @property
+    def thread_keys(self) -> ThreadKeys:
+        """Its thread's Redis keys."""
+        return ThreadKeys(self.tenant, self.thread_id)
+
+
+@dataclass
+class RunRecord:
+    """A run as stored in Redis."""
+
+    run_id: str
+    thread_id: str
+    tenant: str
+    assistant_id: str
+    status: str
+    created_at: str
+    updated_at: str
+    multitask_strategy: str
+    kwargs: dict[str, Any]
+    metadata: dict[str, Any]
+    attempt: int = 0
+    replica: str = ""
+    error: str = ""
+    temporary: bool = False
+    trace: dict[str, str] = field(default_factory=dict)
+    # The thread's head checkpoint when the run first started ("" = none; None = not started).
+    base_checkpoint: str | None = None
+
+    @property
+    def ref(self) -> RunRef:
+        """Where the run lives."""
+        return RunRef(self.tenant, self.thread_id, self.run_id)
+
+    @classmethod
+    def from_hash(cls, h: dict[bytes, bytes]) -> RunRecord:
+        """Decode the Redis hash."""
+        s = {k.decode(): v.decode() for k, v in h.items()}
+        return cls(
+            run_id=s["run_id"],
+            thread_id=s.get("thread_id", ""),
+            tenant=s["tenant"],
+            assistant_id=s.get("assistant_id", ""),
+            status=s.get("status", "pending"),
+            created_at=s.get("created_at", ""),
+            updated_at=s.get("updated_at", ""),
+            multitask_strategy=s.get("multitask_strategy", "enqueue"),
+            kwargs=orjson.loads(s.get("kwargs") or "{}"),
+            metadata=orjson.loads(s.get("metadata") or "{}"),
+            attempt=int(s.get("attempt") or 0),
+            replica=s.get("replica", ""),
+            error=s.get("error", ""),
+            temporary=s.get("temporary") == "1",
+            trace=orjson.loads(s.get("trace") or "{}"),
+            base_checkpoint=s.get("base_checkpoint"),
+        )
+
+    def to_hash(self) -> dict[str, str]:
+        """The fields a new run's hash starts with."""
+        return {
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "tenant": self.tenant,
+            "assistant_id": self.assistant_id,
+            "status": self.status,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "multitask_strategy": self.multitask_strategy,
+            "kwargs": orjson.dumps(self.kwargs).decode(),
+            "metadata": orjson.dumps(self.metadata).decode(),
+            "attempt": str(self.attempt),
+            "temporary": "1" if self.temporary else "0",
+            "trace": orjson.dumps(self.trace).decode(),
+        }
+
+
+@dataclass
+class ThreadRecord:
+    """A thread as stored in Redis (its state lives in the checkpointer)."""
+
+    thread_id: str
+    tenant: str
+    created_at: str
+    updated_at: str
+    metadata: dict[str, Any]
+    status: str
+    active_run: str
+
+    @classmethod
+    def from_hash(cls, h: dict[bytes, bytes]) -> ThreadRecord:
+        """Decode the Redis hash."""
+        s = {k.decode(): v.decode() for k, v in h.items()}
+        return cls(
+            thread_id=s["thread_id"],
+            tenant=s["tenant"],
+            created_at=s.get("created_at", ""),
+            updated_at=s.get("updated_at", ""),
+            metadata=orjson.loads(s.get("metadata") or "{}"),
+            status=s.get("status", "idle"),
+            active_run=s.get("active_run", ""),
+        )
+
+
+@dataclass
+class NewRun:
+    """What CreateRun asks for, already validated."""
+
+    tenant: str
+    thread_id: str
+    assistant_id: str
+    kwargs: dict[str, Any]
+    metadata: dict[str, Any]
+    multitask_strategy: str = "enqueue"
+    if_not_exists: str = "reject"
+    idempotency_key: str = ""
+    temporary: bool = False
+    trace: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What creating a run decided."""
+
+    run: RunRecord
+    existed: bool = False  # an earlier run with the same Idempotency-Key
+    dispatched: bool = False  # it is the thread's active run now: it goes to the queue
+    interrupts: str = ""  # the active run it asked to stop (interrupt/rollback strategies)

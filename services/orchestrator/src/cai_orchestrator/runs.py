@@ -1,0 +1,222 @@
+"""RunService: the run engine's domain layer — create, look up, stream, cancel and delete runs.
+
+It composes the owners of each Redis concern (store: records; queue; cancel bus; event logs and
+their tailer) and holds the rules between them; the gRPC servicer only translates to and from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from cai_common.runs import CANCELLED, TERMINAL_EVENTS_BYTES, TERMINAL_STATUSES
+from cai_orchestrator.assistants import Assistants
+from cai_orchestrator.cancel import CancelBus
+from cai_orchestrator.events import EventLogs, dumps
+from cai_orchestrator.queue import RunQueue
+from cai_orchestrator.records import (
+    CANCEL_ACTIONS,
+    NewRun,
+    RunRecord,
+    RunRef,
+    StoreError,
+    not_found,
+)
+from cai_orchestrator.store import RunStore
+from cai_orchestrator.tailer import Entry, LogTailer
+
+log = logging.getLogger(__name__)
+# How long after creation a run's queue append counts as lost (its creator died mid-way).
+DISPATCH_CHECK_S = 10.0
+
+
+def has_terminal(batch: list[Entry]) -> bool:
+    """Whether a batch of log entries holds the run's terminal event."""
+    return any(event in TERMINAL_EVENTS_BYTES for _, event, _ in batch)
+
+
+class RunService:
+    """Runs over the store, the queue, the cancel bus and the event logs."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        queue: RunQueue,
+        bus: CancelBus,
+        logs: EventLogs,
+        tailer: LogTailer,
+        assistants: Assistants,
+        heartbeat_s: float,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.bus = bus
+        self.logs = logs
+        self.tailer = tailer
+        self.assistants = assistants
+        self.heartbeat_s = heartbeat_s
+
+    async def create(self, new: NewRun) -> RunRecord:
+        """Record a run, then queue it (or leave it parked behind its thread's active run)."""
+        if self.assistants.get(new.assistant_id) is None:
+            raise not_found("Assistant", new.assistant_id)
+        if new.thread_id:
+            thread = await self.store.get_thread(new.tenant, new.thread_id)
+            pinned = thread.metadata.get("assistant_id") if thread else None
+            if pinned and pinned != new.assistant_id:
+                raise StoreError(
+                    "conflict",
+                    f"Thread {new.thread_id} is pinned to assistant {pinned!r} by its metadata",
+                )
+        created = await self.store.create_run(
+            new, first=lambda pipe, ref: self.queue.intend(pipe, ref, DISPATCH_CHECK_S)
+        )
+        run = created.run
+        if created.existed:
+            return run
+        if created.dispatched:
+            await self.queue.append(run.ref, dumps(run.trace))
+        else:
+            await self.queue.forget_intent(run.ref)
+        if created.interrupts:
+            active = RunRef(run.tenant, run.thread_id, created.interrupts)
+            await self.bus.request(active, new.multitask_strategy)
+        return run
+
+    async def requeue_lost(self) -> int:
+        """Queue runs whose creator died between recording and queueing them; how many."""
+        requeued = 0
+        for ref in await self.queue.overdue_intents():
+            run = await self.store.load_run(ref)
+            if run is not None and run.status == "pending" and await self.store.is_active(ref):
+                log.warning(
+                    "re-queueing a run whose dispatch was lost", extra={"run_id": ref.run_id}
+                )
+                await self.queue.append(ref, dumps(run.trace))
+                requeued += 1
+                continue
+            await self.queue.forget_intent(ref)
+        return requeued
+
+    async def get(self, tenant: str, thread_id: str, run_id: str) -> RunRecord:
+        """The tenant's run, or not found."""
+        run = await self.store.get_run(tenant, run_id, thread_id)
+        if run is None:
+            raise not_found("Run", run_id)
+        return run
+
+    async def queue_place(self, run: RunRecord) -> dict[str, Any]:
+        """Where a pending run waits: in the shared queue (1 = next) or behind its thread's run."""
+        age = max(0.0, time.time() - datetime.fromisoformat(run.created_at).timestamp())
+        where: dict[str, Any] = {"age_seconds": round(age, 3)}
+        parked = await self.store.parked_position(run.ref)
+        if parked is not None:
+            where["waiting_for_thread"] = True
+            where["position"] = parked
+            return where
+        position = await self.queue.position(run.run_id)
+        if position is not None:
+            where["position"] = position
+        return where
+
+    async def list(
+        self, tenant: str, thread_id: str, limit: int, offset: int, status: str
+    ) -> list[RunRecord]:
+        """A thread's runs, newest first."""
+        if await self.store.get_thread(tenant, thread_id) is None:
+            raise not_found("Thread", thread_id)
+        return await self.store.list_runs(tenant, thread_id, limit, offset, status)
+
+    async def cancel(self, tenant: str, thread_id: str, run_id: str, action: str) -> RunRecord:
+        """Ask a run to stop; a finished run is returned as it is (a no-op)."""
+        if action not in CANCEL_ACTIONS:
+            raise StoreError("invalid", "action must be 'interrupt' or 'rollback'")
+        run = await self.get(tenant, thread_id, run_id)
+        if run.status in TERMINAL_STATUSES:
+            return run
+        if await self.store.cancel_parked(run.ref):
+            # It never started: its log gets its terminal event here.
+            data = dumps({"action": action, "message": "Run was cancelled before it started"})
+            await self.logs.close_unstarted(run.ref.keys.events, CANCELLED, data)
+        else:
+            await self.bus.request(run.ref, action)
+        return run
+
+    async def cancel_and_wait(
+        self, tenant: str, thread_id: str, run_id: str, action: str, wait_s: float
+    ) -> RunRecord:
+        """Cancel, then wait (up to `wait_s`) for the run's terminal event; its final record."""
+        run = await self.cancel(tenant, thread_id, run_id, action)
+        if run.status not in TERMINAL_STATUSES and wait_s > 0:
+            sub = await self.tailer.subscribe(run.ref.keys.events, (0, 0))
+            try:
+                async with asyncio.timeout(wait_s):
+                    while not has_terminal(await sub.queue.get()):
+                        pass
+            except TimeoutError:
+                pass
+            finally:
+                self.tailer.unsubscribe(sub)
+        return await self.store.load_run(run.ref) or run
+
+    async def delete(self, tenant: str, thread_id: str, run_id: str) -> RunRecord:
+        """Delete a finished run's record and event log."""
+        run = await self.get(tenant, thread_id, run_id)
+        if run.status not in TERMINAL_STATUSES:
+            raise StoreError("conflict", f"Run {run.run_id} is {run.status}; cancel it first")
+        await self.store.delete_run_records(run)
+        return run
+
+    async def open_stream(
+        self, tenant: str, thread_id: str, run_id: str, after: tuple[int, int]
+    ) -> RunStream | None:
+        """Follow a run's log after `after`; None when the run ended so long ago its log expired."""
+        run = await self.get(tenant, thread_id, run_id)
+        if run.status in TERMINAL_STATUSES and not await self.store.log_exists(run.ref):
+            return None
+        sub = await self.tailer.subscribe(run.ref.keys.events, after)
+        return RunStream(self, run, sub)
+
+
+class RunStream:
+    """One client's follow of one run's log: batches of entries, None for a quiet period."""
+
+    def __init__(self, service: RunService, run: RunRecord, sub: Any) -> None:
+        self.service = service
+        self.run = run
+        self.sub = sub
+        self.finished = False
+
+    async def batches(self) -> AsyncIterator[list[Entry] | None]:
+        """Entries in order until the terminal event; None after each quiet heartbeat period."""
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation (the client leaving) that lands as the queue yields.
+                async with asyncio.timeout(self.service.heartbeat_s):
+                    batch = await self.sub.queue.get()
+            except TimeoutError:
+                if await self.service.store.load_run(self.run.ref) is None:
+                    self.finished = True  # deleted or expired while we watched
+                    return
+                yield None
+                continue
+            yield batch
+            if has_terminal(batch):
+                self.finished = True
+                return
+
+    async def close(self, cancel_unfinished: bool) -> None:
+        """Stop following; with `cancel_unfinished`, a run the client left early is cancelled."""
+        self.service.tailer.unsubscribe(self.sub)
+        if not self.finished and cancel_unfinished:
+            r = self.run
+            with contextlib.suppress(RedisError, StoreError):
+                await self.service.cancel(r.tenant, r.thread_id, r.run_id, "interrupt")

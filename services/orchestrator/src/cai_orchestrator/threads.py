@@ -1,0 +1,94 @@
+"""ThreadService: threads, their records (store) and their state (checkpoints, via the graph)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from cai_orchestrator.records import StoreError, ThreadRecord, not_found
+from cai_orchestrator.runs import RunService
+from cai_orchestrator.state import ThreadState
+from cai_orchestrator.store import RunStore
+from cai_orchestrator.views import state_view, thread_view
+
+
+class ThreadService:
+    """Threads of a tenant: records, values, history and state updates."""
+
+    def __init__(self, store: RunStore, state: ThreadState, runs: RunService) -> None:
+        self.store = store
+        self.state = state
+        self.runs = runs
+
+    async def get_record(self, tenant: str, thread_id: str) -> ThreadRecord:
+        """The tenant's thread record, or not found."""
+        thread = await self.store.get_thread(tenant, thread_id)
+        if thread is None:
+            raise not_found("Thread", thread_id)
+        return thread
+
+    async def create(
+        self, tenant: str, thread_id: str, metadata: dict[str, Any], if_exists: str
+    ) -> dict[str, Any]:
+        """Create a thread (or return the existing one with `do_nothing`)."""
+        thread = await self.store.create_thread(tenant, thread_id, metadata, if_exists)
+        return thread_view(thread)
+
+    async def get(self, tenant: str, thread_id: str) -> dict[str, Any]:
+        """A thread with its current values and interrupts."""
+        thread = await self.get_record(tenant, thread_id)
+        values, interrupts = await self.state.values_and_interrupts(thread.thread_id)
+        return thread_view(thread, values, interrupts)
+
+    async def search(
+        self, tenant: str, metadata: dict[str, Any], status: str, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """The tenant's threads matching `metadata` and `status`, newest first."""
+        threads = await self.store.search_threads(tenant, metadata, status, limit, offset)
+        return [thread_view(t) for t in threads]
+
+    async def update(self, tenant: str, thread_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Merge metadata into a thread."""
+        return thread_view(await self.store.update_thread_metadata(tenant, thread_id, metadata))
+
+    async def delete(self, tenant: str, thread_id: str) -> dict[str, Any]:
+        """Delete a thread, its checkpoints and its runs' data (an active run is cancelled)."""
+        thread = await self.get_record(tenant, thread_id)
+        if thread.active_run:
+            with contextlib.suppress(StoreError):
+                await self.runs.cancel(tenant, thread_id, thread.active_run, "interrupt")
+        runs = await self.store.delete_thread_records(tenant, thread_id)
+        await self.state.delete(thread_id)
+        return {"thread_id": thread_id, "deleted": True, "runs_deleted": runs}
+
+    async def state_at(self, tenant: str, thread_id: str, checkpoint_id: str) -> dict[str, Any]:
+        """The thread's state at its head (or a given checkpoint)."""
+        await self.get_record(tenant, thread_id)
+        return state_view(await self.state.snapshot(thread_id, checkpoint_id), thread_id)
+
+    async def history(
+        self, tenant: str, thread_id: str, before: str, limit: int
+    ) -> list[dict[str, Any]]:
+        """Past states, newest first."""
+        await self.get_record(tenant, thread_id)
+        snapshots = await self.state.history(thread_id, before, limit)
+        return [state_view(s, thread_id) for s in snapshots]
+
+    async def update_state(
+        self, tenant: str, thread_id: str, values: Any, as_node: str, checkpoint_id: str
+    ) -> dict[str, Any]:
+        """Write an update as a new checkpoint (not while a run is active)."""
+        thread = await self.get_record(tenant, thread_id)
+        if thread.active_run:
+            raise StoreError(
+                "conflict", f"Thread {thread_id} has an active run; update it afterwards"
+            )
+        config = await self.state.update(thread_id, values, as_node, checkpoint_id)
+        c = config["configurable"]
+        return {
+            "checkpoint": {
+                "thread_id": c.get("thread_id"),
+                "checkpoint_ns": c.get("checkpoint_ns", ""),
+                "checkpoint_id": c.get("checkpoint_id"),
+            }
+        }
