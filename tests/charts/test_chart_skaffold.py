@@ -1,7 +1,9 @@
-"""skaffold.yaml validates against the vendored v4beta14 schema and wires images into the chart."""
+"""skaffold.yaml validates against the vendored v4beta14 schema, builds every image from the one
+Dockerfile and wires the images into the chart."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import chartcheck
 import pytest
 import yaml
-from charthelpers import one, render
+from charthelpers import one, render, skaffold_artifacts, with_profile
 
 SKAFFOLD = chartcheck.REPO / "skaffold.yaml"
 DOC = yaml.safe_load(SKAFFOLD.read_text())
@@ -31,35 +33,50 @@ def test_skaffold_schema_bites(tmp_path: Path) -> None:
     ]
 
 
-def test_three_artifacts_built_from_the_repo_root() -> None:
-    artifacts = {a["image"]: a for a in DOC["build"]["artifacts"]}
-    assert set(artifacts) == {"cai-gateway", "cai-orchestrator", "cai-retriever"}
-    for image, artifact in artifacts.items():
-        assert artifact["context"] == "."
-        assert (chartcheck.REPO / artifact["docker"]["dockerfile"]).is_file(), image
+def dockerfile_problems(doc: dict) -> list[str]:
+    """Artifacts (with every profile's) that do not build ./Dockerfile from the repository root."""
+    return [
+        image
+        for image, artifact in skaffold_artifacts(doc).items()
+        if artifact["context"] != "." or artifact["docker"]["dockerfile"] != "Dockerfile"
+    ]
+
+
+def test_every_artifact_builds_the_one_dockerfile_from_the_repo_root() -> None:
+    artifacts = skaffold_artifacts(DOC)
+    assert set(artifacts) == {"cai-gateway", "cai-orchestrator", "cai-retriever", "cai-llm-sim"}
+    assert {a["image"] for a in DOC["build"]["artifacts"]} == set(artifacts) - {"cai-llm-sim"}
+    assert dockerfile_problems(DOC) == []
+    assert (chartcheck.REPO / "Dockerfile").is_file()
+
+
+def test_dockerfile_check_bites() -> None:
+    doc = copy.deepcopy(DOC)
+    doc["build"]["artifacts"][1]["docker"]["dockerfile"] = "services/orchestrator/Dockerfile"
+    doc["profiles"][0]["patches"][0]["value"]["context"] = "tools/llm-sim"
+    assert dockerfile_problems(doc) == ["cai-orchestrator", "cai-llm-sim"]
+
+
+@pytest.mark.parametrize("profile", [None, "dev", "prod"])
+def test_skaffold_validates_with_every_profile(profile: str | None, tmp_path: Path) -> None:
+    """The schema sees a profile's patch values only once applied (e.g. llm-sim's build args)."""
+    doc = DOC if profile is None else with_profile(DOC, profile)
+    path = tmp_path / "skaffold.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert chartcheck.skaffold_problems(path) == []
+
+
+def test_schema_checks_build_args(tmp_path: Path) -> None:
+    doc = with_profile(DOC, "dev")
+    doc["build"]["artifacts"][-1]["docker"]["buildArgs"]["PORTS"] = 8090
+    path = tmp_path / "skaffold.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert any("buildArgs" in p for p in chartcheck.skaffold_problems(path))
 
 
 def _release(doc: dict) -> dict:
     (release,) = doc["deploy"]["helm"]["releases"]
     return release
-
-
-def _apply_patches(doc: dict, patches: list[dict]) -> dict:
-    """The JSON-patch `add` operations skaffold applies for a profile."""
-    import copy
-
-    out = copy.deepcopy(doc)
-    for patch in patches:
-        assert patch["op"] == "add"
-        *parents, last = patch["path"].strip("/").split("/")
-        node = out
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        if last == "-":
-            node.append(patch["value"])
-        else:
-            node[last] = patch["value"]
-    return out
 
 
 def _template_values(release: dict) -> dict:
@@ -95,8 +112,7 @@ def test_helm_release_overrides_every_image() -> None:
 
 @pytest.mark.parametrize("profile", ["dev", "prod"])
 def test_profiles_render_valid_releases(profile: str) -> None:
-    (prof,) = [p for p in DOC["profiles"] if p["name"] == profile]
-    doc = _apply_patches(DOC, prof["patches"])
+    doc = with_profile(DOC, profile)
     release = _release(doc)
     values: dict = {}
     for path in release.get("valuesFiles", []):
