@@ -129,19 +129,23 @@ async def test_sigterm_turns_health_not_serving_and_the_run_finishes_elsewhere(
     addr = replicas.orchestrator_addr(replica_index(victim))
 
     async with grpc.aio.insecure_channel(addr) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        watches = {
-            name: health.Watch(health_pb2.HealthCheckRequest(service=name))
-            for name in ("", "cai.v1.Orchestrator")
-        }
-        for name, watch in watches.items():
-            assert (await watch.read()).status == SERVING, name
+        check = health_pb2_grpc.HealthStub(channel).Check
+        for name in ("", "cai.v1.Orchestrator"):
+            reply = await check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert reply.status == SERVING, name
         proc.signal(signal.SIGTERM)
-        for name, watch in watches.items():
-            update = await asyncio.wait_for(watch.read(), 30)
-            # The message comes from the process itself: it said NOT_SERVING before it exited.
-            assert update != grpc.aio.EOF and update.status == NOT_SERVING, (name, update)
-            watch.cancel()
+        # It drains for its grace period (a run is in flight): it must say NOT_SERVING meanwhile.
+        seen: dict[str, int] = {}
+        while proc.alive() and len(seen) < 2:
+            for name in ("", "cai.v1.Orchestrator"):
+                try:
+                    reply = await check(health_pb2.HealthCheckRequest(service=name), timeout=1)
+                except grpc.aio.AioRpcError:
+                    continue  # stopped listening
+                if reply.status == NOT_SERVING:
+                    seen[name] = reply.status
+            await asyncio.sleep(0.02)
+        assert set(seen) == {"", "cai.v1.Orchestrator"}, "exited without saying NOT_SERVING"
     assert proc.popen is not None
     assert proc.popen.wait(timeout=60) == 0, proc.tail()
 
@@ -163,6 +167,21 @@ async def test_sigterm_turns_health_not_serving_and_the_run_finishes_elsewhere(
     restart(replicas, victim)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="grpc.health.v1 Watch fails with UNKNOWN on every Cai gRPC server: "
+    "cai_common.metrics.GrpcMetricsInterceptor wraps unary-stream handlers with `async for`, but "
+    "grpc's aio HealthServicer.Watch is a coroutine that writes with context.write()",
+)
+async def test_health_watch_reports_serving(replicas: Stack) -> None:
+    """docs: the orchestrator serves grpc.health.v1 (both RPCs: Check and Watch)."""
+    async with grpc.aio.insecure_channel(replicas.orchestrator_addr(0)) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await asyncio.wait_for(watch.read(), 10)
+        watch.cancel()
+    assert first != grpc.aio.EOF and first.status == SERVING
+
+
 # -- 8. the task API during a retry ----------------------------------------------------------------
 
 
@@ -173,7 +192,9 @@ async def test_a_task_whose_worker_is_killed_shows_retrying_and_finishes(replica
     tid = str(uuid.uuid4())
     statuses: list[str] = []
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        started = await http.post("/chat", json={"message": "How does Cai retry?", "thread_id": tid})
+        started = await http.post(
+            "/chat", json={"message": "How does Cai retry?", "thread_id": tid}
+        )
         assert started.status_code == 200, started.text
         task_id = started.json()["task_id"]
         victim, _ = await executor(http, tid, task_id)
