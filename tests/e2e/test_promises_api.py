@@ -426,19 +426,30 @@ async def test_task_conversation_history_reaches_the_model(api_stack: Stack, gw:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a leading `system` turn of conversation_history never reaches the model: the agent "
-    "trims the history with trim_messages(start_on='human'), which drops it (graph.py agent())",
+    reason="a leading `system` message never reaches the model: the agent trims the history with "
+    "trim_messages(start_on='human'), which drops it (graph.py agent())",
 )
-async def test_a_system_turn_of_the_conversation_history_reaches_the_model(
-    api_stack: Stack, gw: str
+@pytest.mark.parametrize("dialect", ["task", "openai"])
+async def test_a_system_message_of_the_request_reaches_the_model(
+    api_stack: Stack, gw: str, dialect: str
 ) -> None:
-    """docs/api.md: `conversation_history` is `[{role: user|assistant|system, content}]`."""
+    """docs/api.md: `conversation_history` is `[{role: user|assistant|system, content}]`; chat
+    completion `messages` roles are `system`, `developer` (treated as `system`), `user`, ..."""
     marker = f"zq{uuid.uuid4().hex[:10]}"
-    history = [{"role": "system", "content": f"Always mention {marker}."}]
-    events = await run_task(gw, {"message": "Hello?", "conversation_history": history})
-    assert events[-1]["type"] == "done"
+    system = {"role": "system", "content": f"Always mention {marker}."}
+    if dialect == "task":
+        events = await run_task(gw, {"message": "Hello?", "conversation_history": [system]})
+        assert events[-1]["type"] == "done"
+    else:
+        oai = AsyncOpenAI(base_url=f"{gw}/v1", api_key=ALPHA, max_retries=0)
+        completion = await oai.chat.completions.create(
+            model="chat",
+            messages=[system, {"role": "user", "content": "Hello?"}],  # type: ignore[list-item]
+        )
+        await oai.close()
+        assert completion.choices[0].message.content
     requests = await sim_requests(api_stack, marker)
-    assert len(requests) == 1, "the system turn is not in any request the model received"
+    assert len(requests) == 1, "the system message is in no request the model received"
 
 
 # -- 10. LLM faults: retried, Retry-After honoured, then a clear error -----------------------------
