@@ -167,12 +167,6 @@ async def test_sigterm_turns_health_not_serving_and_the_run_finishes_elsewhere(
     restart(replicas, victim)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpc.health.v1 Watch fails with UNKNOWN on every Cai gRPC server: "
-    "cai_common.metrics.GrpcMetricsInterceptor wraps unary-stream handlers with `async for`, but "
-    "grpc's aio HealthServicer.Watch is a coroutine that writes with context.write()",
-)
 async def test_health_watch_reports_serving(replicas: Stack) -> None:
     """docs: the orchestrator serves grpc.health.v1 (both RPCs: Check and Watch)."""
     async with grpc.aio.insecure_channel(replicas.orchestrator_addr(0)) as channel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -59,7 +60,7 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 unary, handler.request_deserializer, handler.response_serializer
             )
-        if handler.unary_stream is not None:
+        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -72,6 +73,21 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            # A handler that writes with context.write() (grpc's health Watch) is a coroutine,
+            # not an async generator: await it as it is.
+            inner_writer = handler.unary_stream
+
+            async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+                started = time.perf_counter()
+                try:
+                    await inner_writer(request, context)
+                finally:
+                    _observe(method, context, started)
+
+            return grpc.unary_stream_rpc_method_handler(
+                writer, handler.request_deserializer, handler.response_serializer
             )
         return handler  # client streaming (Ingest) is counted by the service itself
 
