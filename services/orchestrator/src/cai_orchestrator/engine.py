@@ -67,7 +67,7 @@ class Engine:
         state = ThreadState(graph)
         runs = RunService(store, queue, bus, logs, tailer, assistants, s.stream_heartbeat_seconds)
         threads = ThreadService(store, state, runs)
-        executor = RunExecutor(s, store, queue, state, graph, assistants)
+        executor = RunExecutor(s, store, queue, state, graph, assistants, bus)
         leases = Leases(redis, s.replica_id, s.lease_seconds)
         worker = Worker(s, runs, executor, leases, logs, state)
         return cls(store, queue, bus, batcher, tailer, runs, threads, worker)

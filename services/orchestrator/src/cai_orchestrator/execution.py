@@ -7,16 +7,18 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from cai_common.runs import CANCELLED, END, ERROR, INTERRUPTED, SUCCESS, TIMEOUT
+from cai_common.runs import CANCELLED, END, ERROR, INTERRUPTED, METADATA, RETRY, SUCCESS, TIMEOUT
 from cai_common.telemetry import extract_context
 from cai_orchestrator import keys, metrics
 from cai_orchestrator.assistants import Assistants
+from cai_orchestrator.cancel import CancelBus
 from cai_orchestrator.config import Settings
 from cai_orchestrator.events import EventWriter, dumps
 from cai_orchestrator.queue import RunQueue
@@ -48,6 +50,7 @@ class RunExecutor:
         state: ThreadState,
         graph: CompiledStateGraph,
         assistants: Assistants,
+        bus: CancelBus,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -55,6 +58,7 @@ class RunExecutor:
         self.state = state
         self.graph = graph
         self.assistants = assistants
+        self.bus = bus
 
     async def run_settings(self, run: RunRecord) -> dict[str, Any]:
         """What a run needs beyond its record: limits and the thread's prompt override."""
@@ -66,6 +70,33 @@ class RunExecutor:
             "recursion_limit": assistant.recursion_limit if assistant else 10,
             "thread_system_prompt": thread.metadata.get("system_prompt") if thread else None,
         }
+
+    async def start_attempt(self, run: RunRecord, writer: EventWriter, control: RunControl) -> None:
+        """Begin an attempt: record it, say so (retry, metadata), give up past the attempt limit,
+        honour a cancel asked before it started, then execute."""
+        s = self.settings
+        attempt = run.attempt + 1
+        base = None
+        if run.base_checkpoint is None and run.thread_id:
+            base = run.base_checkpoint = await self.state.head_checkpoint(run.thread_id)
+        await self.store.mark_running(run.ref, s.replica_id, attempt, base)
+        if attempt > 1:
+            metrics.RETRIES.inc()
+            await writer.emit(RETRY, dumps({"attempt": attempt, "run_id": run.run_id}))
+        else:
+            created = datetime.fromisoformat(run.created_at).timestamp()
+            metrics.QUEUE_WAIT.observe(max(0.0, time.time() - created))
+        if attempt > s.max_attempts:
+            message = f"Run failed {s.max_attempts} times (its worker was lost)"
+            payload = {"error": "MaxAttemptsExceeded", "message": message}
+            await self.finish(run, writer, "error", "error", payload)
+            return
+        action = await self.bus.requested(run.ref)
+        if action:
+            await self.finish_cancelled(run, writer, action)
+            return
+        await writer.emit(METADATA, dumps({"run_id": run.run_id, "attempt": attempt}))
+        await self.execute(run, writer, control)
 
     async def execute(self, run: RunRecord, writer: EventWriter, control: RunControl) -> None:
         """Execute the graph in a span that continues the trace of the request that created it."""

@@ -84,6 +84,24 @@ class RunRecord:
         return RunRef(self.tenant, self.thread_id, self.run_id)
 
     @classmethod
+    def pending(cls, new: NewRun, run_id: str, thread_id: str, created_at: str) -> RunRecord:
+        """A new run's record, before it is queued."""
+        return cls(
+            run_id=run_id,
+            thread_id=thread_id,
+            tenant=new.tenant,
+            assistant_id=new.assistant_id,
+            status="pending",
+            created_at=created_at,
+            updated_at=created_at,
+            multitask_strategy=new.multitask_strategy,
+            kwargs=new.kwargs,
+            metadata=new.metadata,
+            temporary=new.temporary,
+            trace=new.trace,
+        )
+
+    @classmethod
     def from_hash(cls, h: dict[bytes, bytes]) -> RunRecord:
         """Decode the Redis hash."""
         s = {k.decode(): v.decode() for k, v in h.items()}

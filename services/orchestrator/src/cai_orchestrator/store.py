@@ -45,22 +45,11 @@ def _decoded(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RunStore:
-    """Threads and runs in Redis."""
+class ThreadStore:
+    """Thread records in Redis (a thread's state lives in the checkpointer)."""
 
-    def __init__(self, redis: Redis, run_ttl_s: int, idempotency_ttl_s: int = 86400) -> None:
+    def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self.run_ttl = run_ttl_s
-        self.idempotency_ttl = idempotency_ttl_s
-        self._create = redis.register_script(lua.CREATE_RUN)
-        self._finish = redis.register_script(lua.FINISH_RUN)
-        self._cancel_parked = redis.register_script(lua.CANCEL_PARKED)
-
-    async def ping(self) -> bool:
-        """True while Redis answers."""
-        return bool(await self.redis.ping())
-
-    # -- threads ----------------------------------------------------------------------------
 
     async def create_thread(
         self, tenant: str, thread_id: str, metadata: dict[str, Any], if_exists: str
@@ -153,6 +142,59 @@ class RunStore:
         tk = ref.thread_keys
         await self.redis.delete(tk.record, tk.pending, tk.runs)
 
+    async def list_runs(
+        self, tenant: str, thread_id: str, limit: int, offset: int, status: str = ""
+    ) -> list[RunRecord]:
+        """The thread's runs, newest first."""
+        tk = keys.ThreadKeys(tenant, thread_id)
+        ids = await self.redis.zrevrange(tk.runs, 0, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in ids:
+                pipe.hgetall(tk.run(rid.decode()).record)
+            hashes = await pipe.execute()
+        runs = [RunRecord.from_hash(h) for h in hashes if h and b"run_id" in h]
+        if status:
+            runs = [r for r in runs if r.status == status]
+        return runs[offset : offset + limit]
+
+    async def parked_position(self, ref: RunRef) -> int | None:
+        """1-based place of a run parked behind its thread's active run, or None."""
+        waiting = await self.redis.lrange(ref.thread_keys.pending, 0, -1)
+        run_id = ref.run_id.encode()
+        return waiting.index(run_id) + 1 if run_id in waiting else None
+
+    async def is_active(self, ref: RunRef) -> bool:
+        """Whether the run is its thread's active run (dispatched, not parked)."""
+        active = await self.redis.hget(ref.thread_keys.record, "active_run")
+        return _decoded(active or b"") == ref.run_id
+
+    async def successor(self, ref: RunRef) -> tuple[str, str] | None:
+        """The thread's active run (id, trace) if it is another one still waiting to start."""
+        active = _decoded(await self.redis.hget(ref.thread_keys.record, "active_run") or b"")
+        if not active or active == ref.run_id:
+            return None
+        nxt = ref.thread_keys.run(active).record
+        status, trace = await self.redis.hmget(nxt, ["status", "trace"])
+        if status != b"pending":
+            return None
+        return active, _decoded(trace or b"{}")
+
+
+class RunStore(ThreadStore):
+    """Runs in Redis, with their threads' records (ThreadStore)."""
+
+    def __init__(self, redis: Redis, run_ttl_s: int, idempotency_ttl_s: int = 86400) -> None:
+        super().__init__(redis)
+        self.run_ttl = run_ttl_s
+        self.idempotency_ttl = idempotency_ttl_s
+        self._create = redis.register_script(lua.CREATE_RUN)
+        self._finish = redis.register_script(lua.FINISH_RUN)
+        self._cancel_parked = redis.register_script(lua.CANCEL_PARKED)
+
+    async def ping(self) -> bool:
+        """True while Redis answers."""
+        return bool(await self.redis.ping())
+
     # -- runs -------------------------------------------------------------------------------
 
     async def resolve(self, tenant: str, thread_id: str, run_id: str) -> RunRef:
@@ -182,20 +224,7 @@ class RunStore:
             run_id = str(uuid.uuid4())
         ts = now_iso()
         thread_id = new.thread_id or run_id
-        record = RunRecord(
-            run_id=run_id,
-            thread_id=thread_id,
-            tenant=new.tenant,
-            assistant_id=new.assistant_id,
-            status="pending",
-            created_at=ts,
-            updated_at=ts,
-            multitask_strategy=new.multitask_strategy,
-            kwargs=new.kwargs,
-            metadata=new.metadata,
-            temporary=new.temporary,
-            trace=new.trace,
-        )
+        record = RunRecord.pending(new, run_id, thread_id, ts)
         tk = keys.ThreadKeys(new.tenant, thread_id)
         create_thread = new.temporary or new.if_not_exists == "create"
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -259,43 +288,6 @@ class RunStore:
     async def run_status(self, ref: RunRef) -> str:
         """The run's status ("" when it has no record)."""
         return _decoded(await self.redis.hget(ref.keys.record, "status") or b"")
-
-    async def list_runs(
-        self, tenant: str, thread_id: str, limit: int, offset: int, status: str = ""
-    ) -> list[RunRecord]:
-        """The thread's runs, newest first."""
-        tk = keys.ThreadKeys(tenant, thread_id)
-        ids = await self.redis.zrevrange(tk.runs, 0, -1)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for rid in ids:
-                pipe.hgetall(tk.run(rid.decode()).record)
-            hashes = await pipe.execute()
-        runs = [RunRecord.from_hash(h) for h in hashes if h and b"run_id" in h]
-        if status:
-            runs = [r for r in runs if r.status == status]
-        return runs[offset : offset + limit]
-
-    async def parked_position(self, ref: RunRef) -> int | None:
-        """1-based place of a run parked behind its thread's active run, or None."""
-        waiting = await self.redis.lrange(ref.thread_keys.pending, 0, -1)
-        run_id = ref.run_id.encode()
-        return waiting.index(run_id) + 1 if run_id in waiting else None
-
-    async def is_active(self, ref: RunRef) -> bool:
-        """Whether the run is its thread's active run (dispatched, not parked)."""
-        active = await self.redis.hget(ref.thread_keys.record, "active_run")
-        return _decoded(active or b"") == ref.run_id
-
-    async def successor(self, ref: RunRef) -> tuple[str, str] | None:
-        """The thread's active run (id, trace) if it is another one still waiting to start."""
-        active = _decoded(await self.redis.hget(ref.thread_keys.record, "active_run") or b"")
-        if not active or active == ref.run_id:
-            return None
-        nxt = ref.thread_keys.run(active).record
-        status, trace = await self.redis.hmget(nxt, ["status", "trace"])
-        if status != b"pending":
-            return None
-        return active, _decoded(trace or b"{}")
 
     async def mark_running(
         self, ref: RunRef, replica: str, attempt: int, base_checkpoint: str | None = None

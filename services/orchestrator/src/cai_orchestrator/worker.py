@@ -11,18 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from redis.exceptions import RedisError
 
 from cai_common.logging import bind, log_context
-from cai_common.runs import METADATA, RETRY, TERMINAL_STATUSES
+from cai_common.runs import TERMINAL_STATUSES
 from cai_orchestrator import metrics
 from cai_orchestrator.cancel import CancelBus
 from cai_orchestrator.config import Settings
-from cai_orchestrator.events import EventLogs, EventWriter, dumps
+from cai_orchestrator.events import EventLogs
 from cai_orchestrator.execution import RunControl, RunExecutor
 from cai_orchestrator.lease import Leases
 from cai_orchestrator.queue import Job, RunQueue
@@ -78,7 +76,7 @@ class Worker:
         self._loops = [
             asyncio.create_task(self._take_loop(), name="take-jobs"),
             asyncio.create_task(self.bus.listen(), name="cancel-listener"),
-            asyncio.create_task(self._reclaim_loop(), name="reclaim"),
+            asyncio.create_task(Reclaimer(self).loop(), name="reclaim"),
         ]
 
     @property
@@ -159,7 +157,7 @@ class Worker:
             self.leases.keep(run.ref, lambda: running.task.cancel(), lambda: self._poll_cancel(run))
         )
         try:
-            await self._start(run, writer, running.control)
+            await self.executor.start_attempt(run, writer, running.control)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError, RedisError):
@@ -170,31 +168,6 @@ class Worker:
                 await writer.abandon()
             with contextlib.suppress(RedisError):
                 await self.leases.release(run.ref)
-
-    async def _start(self, run: RunRecord, writer: EventWriter, control: RunControl) -> None:
-        s = self.settings
-        attempt = run.attempt + 1
-        base = None
-        if run.base_checkpoint is None and run.thread_id:
-            base = run.base_checkpoint = await self.state.head_checkpoint(run.thread_id)
-        await self.store.mark_running(run.ref, s.replica_id, attempt, base)
-        if attempt > 1:
-            metrics.RETRIES.inc()
-            await writer.emit(RETRY, dumps({"attempt": attempt, "run_id": run.run_id}))
-        else:
-            created = datetime.fromisoformat(run.created_at).timestamp()
-            metrics.QUEUE_WAIT.observe(max(0.0, time.time() - created))
-        if attempt > s.max_attempts:
-            message = f"Run failed {s.max_attempts} times (its worker was lost)"
-            payload = {"error": "MaxAttemptsExceeded", "message": message}
-            await self.executor.finish(run, writer, "error", "error", payload)
-            return
-        action = await self.bus.requested(run.ref)
-        if action:
-            await self.executor.finish_cancelled(run, writer, action)
-            return
-        await writer.emit(METADATA, dumps({"run_id": run.run_id, "attempt": attempt}))
-        await self.executor.execute(run, writer, control)
 
     async def _poll_cancel(self, run: RunRecord) -> None:
         """A cancel published while the listener was reconnecting is not lost: the flag stays."""
@@ -221,43 +194,6 @@ class Worker:
             running.task.cancel()
         return True
 
-    async def _reclaim_loop(self) -> None:
-        interval = max(self.settings.lease_seconds / 2, 0.5)
-        min_idle = int(self.settings.lease_seconds * 1000)
-        while self._accepting:
-            await asyncio.sleep(interval)
-            try:
-                await self.reclaim_once(min_idle)
-                await self.runs.requeue_lost()
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                log.warning("reclaim failed; retrying", extra={"error": str(exc)})
-
-    async def reclaim_once(self, min_idle_ms: int) -> int:
-        """Claim pending jobs whose lease lapsed (their replica died or handed them back)."""
-        if self._slots.locked():
-            return 0
-        claimed = 0
-        for stale in await self.queue.stale(min_idle_ms):
-            if self._slots.locked():
-                break
-            if stale.job is None:
-                await self.queue.drop_entry(stale.entry_id)
-                continue
-            ref = stale.job.ref
-            if ref.run_id in self.running or await self.leases.held(ref):
-                continue  # alive somewhere
-            job = await self.queue.claim(stale.entry_id, min_idle_ms)
-            if job is None:
-                continue  # another replica claimed it first
-            await self._slots.acquire()
-            log.info("reclaimed run", extra={"run_id": ref.run_id, "from": stale.consumer})
-            metrics.RECLAIMS.inc()
-            self._spawn(job)
-            claimed += 1
-        return claimed
-
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking jobs, let runs finish within `grace_s`, then hand the rest back."""
         self._accepting = False
@@ -280,3 +216,47 @@ class Worker:
             with contextlib.suppress(RedisError):
                 await self.queue.hand_back(r.job)
             log.info("handed run back", extra={"run_id": r.job.ref.run_id})
+
+
+class Reclaimer:
+    """Takes over the jobs of dead replicas, and re-queues runs whose queue append was lost."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def loop(self) -> None:
+        interval = max(self.worker.settings.lease_seconds / 2, 0.5)
+        min_idle = int(self.worker.settings.lease_seconds * 1000)
+        while self.worker._accepting:
+            await asyncio.sleep(interval)
+            try:
+                await self.reclaim_once(min_idle)
+                await self.worker.runs.requeue_lost()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("reclaim failed; retrying", extra={"error": str(exc)})
+
+    async def reclaim_once(self, min_idle_ms: int) -> int:
+        """Claim pending jobs whose lease lapsed (their replica died or handed them back)."""
+        if self.worker._slots.locked():
+            return 0
+        claimed = 0
+        for stale in await self.worker.queue.stale(min_idle_ms):
+            if self.worker._slots.locked():
+                break
+            if stale.job is None:
+                await self.worker.queue.drop_entry(stale.entry_id)
+                continue
+            ref = stale.job.ref
+            if ref.run_id in self.worker.running or await self.worker.leases.held(ref):
+                continue  # alive somewhere
+            job = await self.worker.queue.claim(stale.entry_id, min_idle_ms)
+            if job is None:
+                continue  # another replica claimed it first
+            await self.worker._slots.acquire()
+            log.info("reclaimed run", extra={"run_id": ref.run_id, "from": stale.consumer})
+            metrics.RECLAIMS.inc()
+            self.worker._spawn(job)
+            claimed += 1
+        return claimed

@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1 import orchestrator_pb2_grpc
-from cai_orchestrator.assistants import GRAPH_ID, Assistants
+from cai_orchestrator.assistants import GRAPH_ID, Assistant, Assistants
 from cai_orchestrator.convert import (
     InvalidRequest,
     json_field,
@@ -69,6 +69,15 @@ def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
     return wrapper
+
+
+def _assistant(assistants: Assistants, request: pb.GetAssistantRequest) -> Assistant:
+    """The requested assistant, or not found."""
+    tenant_of(request.principal)
+    assistant = assistants.get(request.assistant_id)
+    if assistant is None:
+        raise not_found("Assistant", request.assistant_id)
+    return assistant
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
@@ -257,18 +266,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
     @unary
     async def GetAssistant(self, request: pb.GetAssistantRequest, context: Any) -> pb.JsonReply:
         """Get an assistant."""
-        tenant_of(request.principal)
-        assistant = self.assistants.get(request.assistant_id)
-        if assistant is None:
-            raise not_found("Assistant", request.assistant_id)
-        return json_reply(assistant_view(assistant))
+        return json_reply(assistant_view(_assistant(self.assistants, request)))
 
     @unary
     async def GetAssistantSchemas(
         self, request: pb.GetAssistantRequest, context: Any
     ) -> pb.JsonReply:
         """JSON schemas of the assistant's graph input, output, state and config."""
-        tenant_of(request.principal)
-        if self.assistants.get(request.assistant_id) is None:
-            raise not_found("Assistant", request.assistant_id)
+        _assistant(self.assistants, request)
         return json_reply(self._schemas)
