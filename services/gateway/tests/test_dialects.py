@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import orjson
 import pytest
 
+from cai_common import runs
+from cai_gateway.api.routes.runs import RunStatus
 from cai_gateway.dialects import (
+    ENDED_BECAUSE,
+    TASK_STATUS,
     AnswerText,
     CompletionIds,
     ai_text_and_usage,
@@ -90,3 +96,12 @@ def test_error_messages_and_task_events() -> None:
     assert error_message("cancelled", b"garbage") == "The run was cancelled"
     raw = task_event("1-0", "token", "hi")
     assert raw == b'id: 1-0\ndata: {"type":"token","data":"hi"}\n\n'
+
+
+def test_the_gateway_knows_every_run_status_of_the_shared_vocabulary() -> None:
+    every_status = {runs.PENDING, runs.RUNNING} | runs.TERMINAL_STATUSES
+    # The `status` filter of GET /threads/{id}/runs accepts exactly the statuses runs have.
+    assert set(get_args(RunStatus)) == every_status
+    # Every status has a task-API name, and every terminal event an end the dialects describe.
+    assert set(TASK_STATUS) == every_status
+    assert set(ENDED_BECAUSE) | {runs.END, runs.ERROR} == runs.TERMINAL_EVENTS

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from cai_common import runs
+
 AI_TYPES = frozenset({"AIMessageChunk", "ai"})
 
 
@@ -81,6 +83,13 @@ class AnswerText:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
+# What a run that ended without its own message went through, by terminal event.
+ENDED_BECAUSE = {
+    runs.CANCELLED: "The run was cancelled",
+    runs.TIMEOUT: "The run passed its deadline",
+}
+
+
 def error_message(event: str, data: bytes) -> str:
     """A human-readable reason for a run's non-success terminal event."""
     try:
@@ -89,10 +98,7 @@ def error_message(event: str, data: bytes) -> str:
         payload = None
     if isinstance(payload, dict) and isinstance(payload.get("message"), str):
         return str(payload["message"])
-    return {
-        "cancelled": "The run was cancelled",
-        "timeout": "The run passed its deadline",
-    }.get(event, "The run failed")
+    return ENDED_BECAUSE.get(event, "The run failed")
 
 
 # -- OpenAI chunks -------------------------------------------------------------------------------
@@ -156,10 +162,10 @@ def task_event(event_id: str, kind: str, data: Any) -> bytes:
 
 
 TASK_STATUS = {
-    "pending": "pending",
-    "running": "running",
-    "success": "done",
-    "interrupted": "stopped",
-    "error": "error",
-    "timeout": "error",
+    runs.PENDING: "pending",
+    runs.RUNNING: "running",
+    runs.SUCCESS: "done",
+    runs.INTERRUPTED: "stopped",
+    runs.ERROR: "error",
+    runs.TIMEOUT: "error",
 }

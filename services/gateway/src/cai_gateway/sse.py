@@ -15,11 +15,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
+from cai_common.runs import END, TERMINAL_EVENTS
 from cai_gateway.problems import Problem, from_rpc_error
 
 log = logging.getLogger(__name__)
-
-TERMINAL_EVENTS = frozenset({"end", "error", "cancelled", "timeout"})
 
 STREAMS_IN_FLIGHT = Gauge(
     "cai_sse_streams_in_flight", "Open event streams and waits on this gateway, by API dialect.",
@@ -233,7 +232,7 @@ async def drain(batches: AsyncIterator[Sequence[pb.RunEvent]]) -> Outcome:
             elif e.event in TERMINAL_EVENTS:
                 outcome = Outcome(e.event, e.data, last_values)
     # No terminal event: the run ended long ago and its log has expired.
-    return outcome or Outcome("end", b"null", last_values)
+    return outcome or Outcome(END, b"null", last_values)
 
 
 async def with_heartbeats(work: Awaitable[bytes], interval_s: float) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ from sse_starlette import EventSourceResponse
 from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
+from cai_common.runs import CANCELLED, END, ERROR, RETRY, TERMINAL_EVENTS, TIMEOUT
 from cai_gateway.api.openapi import ERRORS, json_ok, sse_ok
 from cai_gateway.api.routing import OrjsonRoute
 from cai_gateway.config import Settings
@@ -142,7 +143,7 @@ async def _task_events(
                 frame = _translate(task_id, e, answer)
                 if frame is not None:
                     out.append(frame)
-                if e.event in ("end", "error", "cancelled", "timeout"):
+                if e.event in TERMINAL_EVENTS:
                     ended = True
             if out:
                 yield b"".join(out)
@@ -166,17 +167,17 @@ def _translate(task_id: str, e: pb.RunEvent, answer: AnswerText) -> bytes | None
         return task_event(e.id, "token", delta) if delta else None
     if e.event == "status":
         return task_event(e.id, "status", _loads(e.data))
-    if e.event == "retry":
+    if e.event == RETRY:
         answer.retry()
         attempt = _object(e.data).get("attempt")
         return task_event(e.id, "status", {"status": "retrying", "attempt": attempt})
-    if e.event == "end":
+    if e.event == END:
         return task_event(e.id, "done", {"task_id": task_id, "status": "done"})
-    if e.event == "cancelled":
+    if e.event == CANCELLED:
         return task_event(
             e.id, "stopped", {"task_id": task_id, "status": "stopped", **_object(e.data)}
         )
-    if e.event in ("error", "timeout"):
+    if e.event in (ERROR, TIMEOUT):
         detail = _object(e.data)
         return task_event(
             e.id,

@@ -21,6 +21,7 @@ from sse_starlette import EventSourceResponse
 from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
+from cai_common.runs import CANCELLED, END, RETRY, TERMINAL_EVENTS, TIMEOUT
 from cai_gateway.api.openapi import ERRORS, SSE_EVENT_SCHEMA, json_ok
 from cai_gateway.api.routing import OrjsonRoute
 from cai_gateway.config import Settings
@@ -40,14 +41,7 @@ from cai_gateway.limits import message_limit_violation
 from cai_gateway.models import ChatCompletion, OpenAIModel, OpenAIModelList
 from cai_gateway.problems import Problem
 from cai_gateway.schemas import AssistantIdPath, ChatCompletionRequest
-from cai_gateway.sse import (
-    TERMINAL_EVENTS,
-    TIME_TO_FIRST_TOKEN,
-    StreamInterrupted,
-    follow,
-    open_feed,
-    tracked,
-)
+from cai_gateway.sse import TIME_TO_FIRST_TOKEN, StreamInterrupted, follow, open_feed, tracked
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS, route_class=OrjsonRoute)
 
@@ -227,9 +221,9 @@ async def _stream(
                             )
                             first_token = False
                         out.append(chunk(ids, {"content": delta}))
-                elif e.event == "retry":
+                elif e.event == RETRY:
                     answer.retry()
-                elif e.event == "end":
+                elif e.event == END:
                     out.append(chunk(ids, {}, "stop"))
                     if ids.include_usage:
                         out.append(usage_chunk(ids, answer.openai_usage()))
@@ -255,14 +249,14 @@ async def _complete(
                     if usage:
                         answer.add_usage(usage)
                     answer.add(text)
-                elif e.event == "retry":
+                elif e.event == RETRY:
                     answer.retry()
                 elif e.event in TERMINAL_EVENTS:
                     terminal, data = e.event, e.data
     except StreamInterrupted as exc:
         raise Problem(503, f"The answer was interrupted: {exc}", {"Retry-After": "1"}) from None
-    if terminal not in ("end", ""):
-        status = {"timeout": 504, "cancelled": 409}.get(terminal, 502)
+    if terminal not in (END, ""):
+        status = {TIMEOUT: 504, CANCELLED: 409}.get(terminal, 502)
         raise Problem(status, error_message(terminal, data))
     body = {
         "id": ids.id,

@@ -17,6 +17,7 @@ from sse_starlette import EventSourceResponse
 from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
+from cai_common.runs import END, ERROR, PENDING, RUNNING
 from cai_gateway.api.openapi import ERRORS, json_ok, sse_ok
 from cai_gateway.api.routing import OrjsonRoute
 from cai_gateway.config import Settings
@@ -28,6 +29,7 @@ from cai_gateway.deps import (
     SettingsDep,
     StreamSlotDep,
 )
+from cai_gateway.dialects import ENDED_BECAUSE
 from cai_gateway.limits import StreamSlot, message_limit_violation
 from cai_gateway.models import Run
 from cai_gateway.problems import Problem, from_rpc_error
@@ -261,12 +263,9 @@ async def join_run_stream(
 
 def error_body(outcome: Outcome) -> bytes:
     """LangGraph Server's body for a run that did not succeed."""
-    if outcome.terminal == "error":
+    if outcome.terminal == ERROR:
         return b'{"__error__":' + outcome.data + b"}"
-    message = {
-        "cancelled": "The run was cancelled",
-        "timeout": "The run passed its deadline",
-    }.get(outcome.terminal, "The run did not finish")
+    message = ENDED_BECAUSE.get(outcome.terminal, "The run did not finish")
     return orjson.dumps({"__error__": {"error": outcome.terminal, "message": message}})
 
 
@@ -294,7 +293,7 @@ async def _result(
     outcome: Outcome,
     prefer_state: bool,
 ) -> bytes:
-    if outcome.terminal != "end":
+    if outcome.terminal != END:
         return error_body(outcome)
     if prefer_state or outcome.last_values is None:
         values = await _thread_values(orch, principal, thread_id, settings)
@@ -508,7 +507,7 @@ async def _runs_to_cancel(
     thread_id = str(body.thread_id) if body.thread_id else ""
     if body.run_ids:
         return [(thread_id, str(r)) for r in dict.fromkeys(body.run_ids)]
-    wanted = {"pending", "running"} if body.status == "all" else {body.status or ""}
+    wanted = {PENDING, RUNNING} if body.status == "all" else {body.status or ""}
     if thread_id:
         threads = [thread_id]
     else:
