@@ -29,8 +29,9 @@ from cai_gateway.dialects import TASK_STATUS, AnswerText, ai_text_and_usage, tas
 from cai_gateway.limits import message_limit_violation
 from cai_gateway.models import TaskCreated, TaskStatus
 from cai_gateway.problems import Problem
+from cai_gateway.runs import StreamInterrupted, create_run, watch
 from cai_gateway.schemas import ChatTaskCreate
-from cai_gateway.sse import StreamInterrupted, follow, open_feed, tracked
+from cai_gateway.sse import tracked
 
 router = APIRouter(tags=["chat tasks"], responses=ERRORS, route_class=OrjsonRoute)
 
@@ -78,7 +79,8 @@ async def start_chat_task(
     if why:
         raise Problem(422, f"message: {why}")
     thread_id = str(body.thread_id) if body.thread_id else ""
-    reply = await orch.CreateRun(
+    run = await create_run(
+        orch,
         message_run_request(
             principal,
             thread_id=thread_id,
@@ -87,14 +89,11 @@ async def start_chat_task(
             stream_modes=["messages-tuple"],
             metadata={"api": "task"},
         ),
-        timeout=settings.rpc_timeout_seconds,
+        settings.rpc_timeout_seconds,
     )
-    run = orjson.loads(reply.json)
-    created = {"task_id": run["run_id"], "status": "started", "thread_id": thread_id or None}
+    created = {"task_id": run.run_id, "status": "started", "thread_id": thread_id or None}
     return Response(
-        orjson.dumps(created),
-        media_type=JSON,
-        headers={"Location": f"/chat/{run['run_id']}/stream"},
+        orjson.dumps(created), media_type=JSON, headers={"Location": f"/chat/{run.run_id}/stream"}
     )
 
 
@@ -111,14 +110,15 @@ async def stream_chat_task(
     last_event_id: LastEventIdDep = None,
 ) -> Response:
     """Stream a task's answer token by token, then how it ended."""
-    stream_request = pb.StreamRunRequest(
-        principal=principal, run_id=str(task_id), after_event_id=last_event_id or ""
-    )
     shutdown = request.app.state.shutdown_event
-    feed = await open_feed(orch, stream_request, shutdown)
-    events = _task_events(
-        str(task_id), follow(orch, stream_request, shutdown, feed), orch, principal, settings
+    batches = await watch(
+        orch,
+        pb.StreamRunRequest(
+            principal=principal, run_id=str(task_id), after_event_id=last_event_id or ""
+        ),
+        shutdown,
     )
+    events = _task_events(str(task_id), batches, orch, principal, settings)
     return EventSourceResponse(
         slot.wrap(tracked(events, "task")),
         ping=settings.sse_ping_seconds,

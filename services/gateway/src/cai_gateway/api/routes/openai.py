@@ -40,8 +40,9 @@ from cai_gateway.dialects import (
 from cai_gateway.limits import message_limit_violation
 from cai_gateway.models import ChatCompletion, OpenAIModel, OpenAIModelList
 from cai_gateway.problems import Problem
+from cai_gateway.runs import StreamInterrupted, create_run, watch
 from cai_gateway.schemas import AssistantIdPath, ChatCompletionRequest
-from cai_gateway.sse import TIME_TO_FIRST_TOKEN, StreamInterrupted, follow, open_feed, tracked
+from cai_gateway.sse import TIME_TO_FIRST_TOKEN, tracked
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS, route_class=OrjsonRoute)
 
@@ -156,7 +157,8 @@ async def create_chat_completion(
     why = message_limit_violation(messages, settings.max_messages, settings.max_message_chars)
     if why:
         raise Problem(422, f"messages: {why}")
-    reply = await orch.CreateRun(
+    run = await create_run(
+        orch,
         message_run_request(
             principal,
             thread_id=thread_id,
@@ -167,22 +169,15 @@ async def create_chat_completion(
             # An OpenAI client cannot resume a stream: when it goes, the run stops.
             on_disconnect="cancel",
         ),
-        timeout=settings.rpc_timeout_seconds,
-    )
-    run = orjson.loads(reply.json)
-    stream_request = pb.StreamRunRequest(
-        principal=principal,
-        thread_id=run["thread_id"],
-        run_id=run["run_id"],
-        cancel_on_disconnect=True,
+        settings.rpc_timeout_seconds,
     )
     # An OpenAI client cannot resume: on shutdown the answer goes on through the grace period
     # (an event never set) instead of being cut short like resumable streams.
-    never = anyio.Event()
-    feed = await open_feed(orch, stream_request, never)
-    batches = follow(orch, stream_request, never, feed)
+    batches = await watch(
+        orch, run.stream_request(principal, cancel_on_disconnect=True), anyio.Event()
+    )
     ids = CompletionIds(
-        id=f"chatcmpl-{run['run_id']}",
+        id=f"chatcmpl-{run.run_id}",
         created=int(time.time()),
         model=body.model,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),

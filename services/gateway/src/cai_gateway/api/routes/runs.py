@@ -33,8 +33,9 @@ from cai_gateway.dialects import ENDED_BECAUSE
 from cai_gateway.limits import StreamSlot, message_limit_violation
 from cai_gateway.models import Run
 from cai_gateway.problems import Problem, from_rpc_error
+from cai_gateway.runs import Outcome, create_run, drain, watch
 from cai_gateway.schemas import RunCreate, RunsCancel
-from cai_gateway.sse import Outcome, drain, follow, open_feed, open_stream, tracked, with_heartbeats
+from cai_gateway.sse import open_stream, tracked, with_heartbeats
 
 router = APIRouter(tags=["runs"], responses=ERRORS, route_class=OrjsonRoute)
 
@@ -84,22 +85,6 @@ def check_input(body: RunCreate, settings: Settings) -> None:
         raise Problem(422, f"input.messages: {why}")
 
 
-async def create_run(
-    orch: OrchestratorStub,
-    settings: Settings,
-    request: pb.CreateRunRequest,
-) -> tuple[bytes, dict[str, Any]]:
-    """CreateRun; returns the run's JSON as relayed and as parsed."""
-    reply = await orch.CreateRun(request, timeout=settings.rpc_timeout_seconds)
-    run: dict[str, Any] = orjson.loads(reply.json)
-    return reply.json, run
-
-
-def run_path(run: dict[str, Any]) -> str:
-    """The run's URL path (stateless runs too: their temporary thread id)."""
-    return f"/threads/{run['thread_id']}/runs/{run['run_id']}"
-
-
 # -- create ------------------------------------------------------------------------------------
 
 
@@ -112,10 +97,12 @@ async def _create_background(
     idempotency_key: str | None,
 ) -> Response:
     check_input(body, settings)
-    raw, run = await create_run(
-        orch, settings, create_run_request(principal, thread_id, body, idempotency_key)
+    run = await create_run(
+        orch,
+        create_run_request(principal, thread_id, body, idempotency_key),
+        settings.rpc_timeout_seconds,
     )
-    return Response(raw, media_type=JSON, headers={"Content-Location": run_path(run)})
+    return Response(run.json, media_type=JSON, headers={"Content-Location": run.path})
 
 
 @router.post("/threads/{thread_id}/runs", responses=json_ok(Run))
@@ -162,30 +149,21 @@ async def _create_and_stream(
     check_input(body, settings)
     # Stateless runs are cancelled when their client goes (LangGraph Server's default).
     on_disconnect = body.on_disconnect or ("cancel" if not thread_id else "continue")
-    _, run = await create_run(
+    run = await create_run(
         orch,
-        settings,
         create_run_request(
             principal, thread_id, body, idempotency_key, on_disconnect=on_disconnect
         ),
+        settings.rpc_timeout_seconds,
     )
     stream = await open_stream(
         orch,
-        pb.StreamRunRequest(
-            principal=principal,
-            thread_id=run["thread_id"],
-            run_id=run["run_id"],
-            cancel_on_disconnect=on_disconnect == "cancel",
-        ),
+        run.stream_request(principal, cancel_on_disconnect=on_disconnect == "cancel"),
         request.app.state.shutdown_event,
         started,
     )
-    location = run_path(run)
     return sse_response(
-        request,
-        stream,
-        slot,
-        {"Location": f"{location}/stream", "Content-Location": location},
+        request, stream, slot, {"Location": f"{run.path}/stream", "Content-Location": run.path}
     )
 
 
@@ -323,9 +301,8 @@ async def _create_and_wait(
     check_input(body, settings)
     on_disconnect = body.on_disconnect or ("cancel" if not thread_id else "continue")
     modes = list(dict.fromkeys([*body.modes(), "values"]))
-    _, run = await create_run(
+    run = await create_run(
         orch,
-        settings,
         create_run_request(
             principal,
             thread_id,
@@ -334,23 +311,20 @@ async def _create_and_wait(
             stream_modes=modes,
             on_disconnect=on_disconnect,
         ),
+        settings.rpc_timeout_seconds,
     )
-    stream_request = pb.StreamRunRequest(
-        principal=principal,
-        thread_id=run["thread_id"],
-        run_id=run["run_id"],
-        cancel_on_disconnect=on_disconnect == "cancel",
+    batches = await watch(
+        orch,
+        run.stream_request(principal, cancel_on_disconnect=on_disconnect == "cancel"),
+        request.app.state.shutdown_event,
     )
-    shutdown = request.app.state.shutdown_event
-    feed = await open_feed(orch, stream_request, shutdown)
 
     async def result() -> bytes:
-        outcome = await drain(follow(orch, stream_request, shutdown, feed))
-        return await _result(orch, principal, settings, run["thread_id"], outcome, False)
+        outcome = await drain(batches)
+        return await _result(orch, principal, settings, run.thread_id, outcome, False)
 
-    location = run_path(run)
     return _wait_response(
-        request, result(), slot, {"Location": f"{location}/join", "Content-Location": location}
+        request, result(), slot, {"Location": f"{run.path}/join", "Content-Location": run.path}
     )
 
 
@@ -398,14 +372,14 @@ async def join_run(
     slot: StreamSlotDep,
 ) -> Response:
     """Wait for a run to end and return the thread's final values."""
-    stream_request = pb.StreamRunRequest(
-        principal=principal, thread_id=str(thread_id), run_id=str(run_id)
+    batches = await watch(
+        orch,
+        pb.StreamRunRequest(principal=principal, thread_id=str(thread_id), run_id=str(run_id)),
+        request.app.state.shutdown_event,
     )
-    shutdown = request.app.state.shutdown_event
-    feed = await open_feed(orch, stream_request, shutdown)
 
     async def result() -> bytes:
-        outcome = await drain(follow(orch, stream_request, shutdown, feed))
+        outcome = await drain(batches)
         return await _result(orch, principal, settings, str(thread_id), outcome, True)
 
     return _wait_response(request, result(), slot, {})
