@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -13,7 +12,6 @@ from sse_starlette import EventSourceResponse
 from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
-from cai_common.runs import CANCELLED, END, ERROR, RETRY, TERMINAL_EVENTS, TIMEOUT
 from cai_gateway.api.openapi import ERRORS, json_ok, sse_ok
 from cai_gateway.api.routing import OrjsonRoute
 from cai_gateway.config import Settings
@@ -25,11 +23,11 @@ from cai_gateway.deps import (
     SettingsDep,
     StreamSlotDep,
 )
-from cai_gateway.dialects import TASK_STATUS, AnswerText, ai_text_and_usage, task_event
+from cai_gateway.dialects import TASK_STATUS, task_events
 from cai_gateway.limits import message_limit_violation
 from cai_gateway.models import TaskCreated, TaskStatus
 from cai_gateway.problems import Problem
-from cai_gateway.runs import StreamInterrupted, create_run, watch
+from cai_gateway.runs import create_run, watch
 from cai_gateway.schemas import ChatTaskCreate
 from cai_gateway.sse import tracked
 
@@ -118,90 +116,18 @@ async def stream_chat_task(
         ),
         shutdown,
     )
-    events = _task_events(str(task_id), batches, orch, principal, settings)
+
+    async def status_when_expired() -> str:
+        run = await _get_run(orch, principal, str(task_id), settings)
+        return str(_status(run)["status"])
+
+    events = task_events(str(task_id), batches, status_when_expired)
     return EventSourceResponse(
         slot.wrap(tracked(events, "task")),
         ping=settings.sse_ping_seconds,
         shutdown_event=shutdown,
         shutdown_grace_period=settings.shutdown_grace_seconds,
     )
-
-
-async def _task_events(
-    task_id: str,
-    batches: AsyncIterator[Sequence[pb.RunEvent]],
-    orch: OrchestratorStub,
-    principal: common_pb2.Principal,
-    settings: Settings,
-) -> AsyncIterator[bytes]:
-    answer = AnswerText()
-    ended = False
-    try:
-        async for events in batches:
-            out: list[bytes] = []
-            for e in events:
-                frame = _translate(task_id, e, answer)
-                if frame is not None:
-                    out.append(frame)
-                if e.event in TERMINAL_EVENTS:
-                    ended = True
-            if out:
-                yield b"".join(out)
-    except StreamInterrupted:
-        # The gateway is going away (or no orchestrator answers): the client reconnects with
-        # Last-Event-ID, to this or another gateway, and loses nothing.
-        yield b"retry: 250\n\n"
-        return
-    if not ended:
-        # The run's log has expired: tell how it ended from its record.
-        run = _status(await _get_run(orch, principal, task_id, settings))
-        kind = {"done": "done", "stopped": "stopped"}.get(run["status"], "error")
-        yield task_event("0", kind, {"task_id": task_id, "status": run["status"]})
-
-
-def _translate(task_id: str, e: pb.RunEvent, answer: AnswerText) -> bytes | None:
-    """One run event as a task event (None: nothing the task client needs)."""
-    if e.event == "messages":
-        text, _ = ai_text_and_usage(e.data)
-        delta = answer.add(text)
-        return task_event(e.id, "token", delta) if delta else None
-    if e.event == "status":
-        return task_event(e.id, "status", _loads(e.data))
-    if e.event == RETRY:
-        answer.retry()
-        attempt = _object(e.data).get("attempt")
-        return task_event(e.id, "status", {"status": "retrying", "attempt": attempt})
-    if e.event == END:
-        return task_event(e.id, "done", {"task_id": task_id, "status": "done"})
-    if e.event == CANCELLED:
-        return task_event(
-            e.id, "stopped", {"task_id": task_id, "status": "stopped", **_object(e.data)}
-        )
-    if e.event in (ERROR, TIMEOUT):
-        detail = _object(e.data)
-        return task_event(
-            e.id,
-            "error",
-            {
-                "task_id": task_id,
-                "status": "error",
-                "error": detail.get("error", e.event),
-                "message": detail.get("message", "The task failed"),
-            },
-        )
-    return None
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return orjson.loads(data) if data else None
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _object(data: bytes) -> dict[str, Any]:
-    value = _loads(data)
-    return value if isinstance(value, dict) else {}
 
 
 @router.post("/chat/{task_id}/stop", responses=json_ok(TaskStatus))

@@ -8,7 +8,6 @@ messages after the last assistant message of the request are added to it (create
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -21,28 +20,18 @@ from sse_starlette import EventSourceResponse
 from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
-from cai_common.runs import CANCELLED, END, RETRY, TERMINAL_EVENTS, TIMEOUT
 from cai_gateway.api.openapi import ERRORS, SSE_EVENT_SCHEMA, json_ok
 from cai_gateway.api.routing import OrjsonRoute
 from cai_gateway.config import Settings
 from cai_gateway.convert import message_run_request
 from cai_gateway.deps import OrchestratorDep, PrincipalDep, SettingsDep, StreamSlotDep
-from cai_gateway.dialects import (
-    DONE,
-    AnswerText,
-    CompletionIds,
-    ai_text_and_usage,
-    chunk,
-    error_chunk,
-    error_message,
-    usage_chunk,
-)
+from cai_gateway.dialects import CompletionIds, openai_chunks, openai_completion
 from cai_gateway.limits import message_limit_violation
 from cai_gateway.models import ChatCompletion, OpenAIModel, OpenAIModelList
 from cai_gateway.problems import Problem
-from cai_gateway.runs import StreamInterrupted, create_run, watch
+from cai_gateway.runs import create_run, watch
 from cai_gateway.schemas import AssistantIdPath, ChatCompletionRequest
-from cai_gateway.sse import TIME_TO_FIRST_TOKEN, tracked
+from cai_gateway.sse import tracked
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS, route_class=OrjsonRoute)
 
@@ -185,88 +174,11 @@ async def create_chat_completion(
     headers = {THREAD_HEADER: thread_id} if thread_id else {}
     if body.stream:
         return EventSourceResponse(
-            slot.wrap(tracked(_stream(batches, ids, started), "openai")),
+            slot.wrap(tracked(openai_chunks(batches, ids, started), "openai")),
             ping=settings.sse_ping_seconds,
             headers=headers,
             shutdown_event=anyio.Event(),  # sse-starlette's signal, unused: keep streaming
             shutdown_grace_period=settings.shutdown_grace_seconds,
         )
-    return await _complete(batches, ids, headers)  # the slot is released after it
-
-
-async def _stream(
-    batches: AsyncIterator[Any], ids: CompletionIds, started: float
-) -> AsyncIterator[bytes]:
-    answer = AnswerText()
-    first_token = True
-    yield chunk(ids, {"role": "assistant", "content": ""})
-    try:
-        async for events in batches:
-            out: list[bytes] = []
-            for e in events:
-                if e.event == "messages":
-                    text, usage = ai_text_and_usage(e.data)
-                    if usage:
-                        answer.add_usage(usage)
-                    delta = answer.add(text)
-                    if delta:
-                        if first_token:
-                            TIME_TO_FIRST_TOKEN.labels("edge").observe(
-                                time.perf_counter() - started
-                            )
-                            first_token = False
-                        out.append(chunk(ids, {"content": delta}))
-                elif e.event == RETRY:
-                    answer.retry()
-                elif e.event == END:
-                    out.append(chunk(ids, {}, "stop"))
-                    if ids.include_usage:
-                        out.append(usage_chunk(ids, answer.openai_usage()))
-                    out.append(DONE)
-                elif e.event in TERMINAL_EVENTS:
-                    out.append(error_chunk(error_message(e.event, e.data)))
-            if out:
-                yield b"".join(out)
-    except StreamInterrupted as exc:
-        yield error_chunk(f"The answer was interrupted: {exc}; retry the request")
-
-
-async def _complete(
-    batches: AsyncIterator[Any], ids: CompletionIds, headers: dict[str, str]
-) -> Response:
-    answer = AnswerText()
-    terminal, data = "", b""
-    try:
-        async for events in batches:
-            for e in events:
-                if e.event == "messages":
-                    text, usage = ai_text_and_usage(e.data)
-                    if usage:
-                        answer.add_usage(usage)
-                    answer.add(text)
-                elif e.event == RETRY:
-                    answer.retry()
-                elif e.event in TERMINAL_EVENTS:
-                    terminal, data = e.event, e.data
-    except StreamInterrupted as exc:
-        raise Problem(503, f"The answer was interrupted: {exc}", {"Retry-After": "1"}) from None
-    if terminal not in (END, ""):
-        status = {TIMEOUT: 504, CANCELLED: 409}.get(terminal, 502)
-        raise Problem(status, error_message(terminal, data))
-    body = {
-        "id": ids.id,
-        "object": "chat.completion",
-        "created": ids.created,
-        "model": ids.model,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": answer.sent, "refusal": None},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": answer.openai_usage(),
-    }
-    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+    body_json = await openai_completion(batches, ids)  # the slot is released after it
+    return Response(body_json, media_type="application/json", headers=headers)
