@@ -17,6 +17,7 @@ from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_gateway.auth import ApiKey, KeyRing, presented_key
 from cai_gateway.config import Settings
 from cai_gateway.limits import Limiter, LimiterUnavailable, StreamSlot
+from cai_gateway.orchestrator import OrchestratorClient
 from cai_gateway.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,19 @@ async def get_principal(caller: Annotated[Caller, Depends(get_caller)]) -> commo
     return caller.principal
 
 
+async def get_orchestrator_client(
+    request: Request, caller: Annotated[Caller, Depends(get_caller)]
+) -> OrchestratorClient:
+    """The orchestrator, bound to the caller's principal, the RPC timeout and app shutdown."""
+    settings: Settings = request.app.state.settings
+    return OrchestratorClient(
+        request.app.state.orchestrator,
+        caller.principal,
+        settings.rpc_timeout_seconds,
+        request.app.state.shutdown_event,
+    )
+
+
 async def get_stream_slot(
     caller: Annotated[Caller, Depends(get_caller)],
     limiter: Annotated[Limiter | None, Depends(get_limiter)],
@@ -195,5 +209,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 OrchestratorDep = Annotated[OrchestratorStub, Depends(get_orchestrator)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 PrincipalDep = Annotated[common_pb2.Principal, Depends(get_principal)]
+OrchestratorClientDep = Annotated[OrchestratorClient, Depends(get_orchestrator_client)]
 StreamSlotDep = Annotated[StreamSlot, Depends(get_stream_slot)]
 LastEventIdDep = Annotated[str | None, Depends(last_event_id)]
