@@ -17,19 +17,14 @@ import orjson
 from fastapi import APIRouter, Header, Request, Response
 from sse_starlette import EventSourceResponse
 
-from cai.v1 import common_pb2
-from cai.v1 import orchestrator_pb2 as pb
-from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_gateway.api.openapi import ERRORS, SSE_EVENT_SCHEMA, json_ok
 from cai_gateway.api.routing import OrjsonRoute
-from cai_gateway.config import Settings
-from cai_gateway.convert import message_run_request
-from cai_gateway.deps import OrchestratorDep, PrincipalDep, SettingsDep, StreamSlotDep
+from cai_gateway.deps import OrchestratorClientDep, SettingsDep, StreamSlotDep
 from cai_gateway.dialects import CompletionIds, openai_chunks, openai_completion
 from cai_gateway.limits import message_limit_violation
 from cai_gateway.models import ChatCompletion, OpenAIModel, OpenAIModelList
+from cai_gateway.orchestrator import OrchestratorClient
 from cai_gateway.problems import Problem
-from cai_gateway.runs import create_run, watch
 from cai_gateway.schemas import AssistantIdPath, ChatCompletionRequest
 from cai_gateway.sse import tracked
 
@@ -80,14 +75,8 @@ def _input_messages(body: ChatCompletionRequest, stateful: bool) -> list[dict[st
     return out
 
 
-async def _models(
-    orch: OrchestratorStub, principal: common_pb2.Principal, settings: Settings
-) -> list[dict[str, Any]]:
-    reply = await orch.SearchAssistants(
-        pb.SearchAssistantsRequest(principal=principal, limit=1000),
-        timeout=settings.rpc_timeout_seconds,
-    )
-    return [_model(a) for a in orjson.loads(reply.json)]
+async def _models(orch: OrchestratorClient) -> list[dict[str, Any]]:
+    return [_model(a) for a in orjson.loads(await orch.search_assistants(limit=1000))]
 
 
 def _model(assistant: dict[str, Any]) -> dict[str, Any]:
@@ -101,23 +90,18 @@ def _model(assistant: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/models", responses=json_ok(OpenAIModelList))
 async def list_models(
-    principal: PrincipalDep, orch: OrchestratorDep, settings: SettingsDep
+    orch: OrchestratorClientDep,
 ) -> Response:
     """The assistants, as OpenAI models."""
-    data = await _models(orch, principal, settings)
+    data = await _models(orch)
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 @router.get("/models/{model}", responses=json_ok(OpenAIModel))
-async def get_model(
-    model: AssistantIdPath, principal: PrincipalDep, orch: OrchestratorDep, settings: SettingsDep
-) -> Response:
+async def get_model(model: AssistantIdPath, orch: OrchestratorClientDep) -> Response:
     """One assistant, as an OpenAI model."""
-    reply = await orch.GetAssistant(
-        pb.GetAssistantRequest(principal=principal, assistant_id=model),
-        timeout=settings.rpc_timeout_seconds,
-    )
-    return Response(orjson.dumps(_model(orjson.loads(reply.json))), media_type="application/json")
+    assistant = orjson.loads(await orch.get_assistant(model))
+    return Response(orjson.dumps(_model(assistant)), media_type="application/json")
 
 
 @router.post(
@@ -133,8 +117,7 @@ async def get_model(
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
+    orch: OrchestratorClientDep,
     settings: SettingsDep,
     slot: StreamSlotDep,
     thread_header: ThreadHeader = None,
@@ -146,24 +129,19 @@ async def create_chat_completion(
     why = message_limit_violation(messages, settings.max_messages, settings.max_message_chars)
     if why:
         raise Problem(422, f"messages: {why}")
-    run = await create_run(
-        orch,
-        message_run_request(
-            principal,
-            thread_id=thread_id,
-            assistant_id=body.model,
-            messages=messages,
-            stream_modes=["messages-tuple"],
-            metadata={"api": "openai", **({"user": body.user} if body.user else {})},
-            # An OpenAI client cannot resume a stream: when it goes, the run stops.
-            on_disconnect="cancel",
-        ),
-        settings.rpc_timeout_seconds,
+    run = await orch.create_message_run(
+        thread_id=thread_id,
+        assistant_id=body.model,
+        messages=messages,
+        stream_modes=["messages-tuple"],
+        metadata={"api": "openai", **({"user": body.user} if body.user else {})},
+        # An OpenAI client cannot resume a stream: when it goes, the run stops.
+        on_disconnect="cancel",
     )
     # An OpenAI client cannot resume: on shutdown the answer goes on through the grace period
-    # (an event never set) instead of being cut short like resumable streams.
-    batches = await watch(
-        orch, run.stream_request(principal, cancel_on_disconnect=True), anyio.Event()
+    # instead of being cut short like resumable streams.
+    batches = await orch.watch(
+        run.thread_id, run.run_id, cancel_on_disconnect=True, through_shutdown=True
     )
     ids = CompletionIds(
         id=f"chatcmpl-{run.run_id}",
