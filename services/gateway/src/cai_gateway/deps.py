@@ -1,5 +1,5 @@
-"""Typed FastAPI dependencies: settings, the orchestrator, the caller (auth + rate limit) and
-stream slots (the per-key concurrency cap)."""
+"""Typed FastAPI dependencies: settings, the caller (auth + rate limit), the orchestrator client
+bound to the caller, and stream slots (the per-key concurrency cap)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from prometheus_client import Counter
 
 from cai.v1 import common_pb2
-from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_gateway.auth import ApiKey, KeyRing, presented_key
 from cai_gateway.config import Settings
 from cai_gateway.limits import Limiter, LimiterUnavailable, StreamSlot
+from cai_gateway.orchestrator import OrchestratorClient
 from cai_gateway.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,6 @@ async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     settings: Settings = request.app.state.settings
     return settings
-
-
-async def get_orchestrator(request: Request) -> OrchestratorStub:
-    """The orchestrator client."""
-    stub: OrchestratorStub = request.app.state.orchestrator
-    return stub
 
 
 async def get_limiter(request: Request) -> Limiter | None:
@@ -138,9 +132,17 @@ async def get_caller(
     return caller
 
 
-async def get_principal(caller: Annotated[Caller, Depends(get_caller)]) -> common_pb2.Principal:
-    """The authenticated principal every orchestrator call carries."""
-    return caller.principal
+async def get_orchestrator_client(
+    request: Request, caller: Annotated[Caller, Depends(get_caller)]
+) -> OrchestratorClient:
+    """The orchestrator, bound to the caller's principal, the RPC timeout and app shutdown."""
+    settings: Settings = request.app.state.settings
+    return OrchestratorClient(
+        request.app.state.orchestrator,
+        caller.principal,
+        settings.rpc_timeout_seconds,
+        request.app.state.shutdown_event,
+    )
 
 
 async def get_stream_slot(
@@ -192,8 +194,7 @@ async def last_event_id(
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-OrchestratorDep = Annotated[OrchestratorStub, Depends(get_orchestrator)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
-PrincipalDep = Annotated[common_pb2.Principal, Depends(get_principal)]
+OrchestratorClientDep = Annotated[OrchestratorClient, Depends(get_orchestrator_client)]
 StreamSlotDep = Annotated[StreamSlot, Depends(get_stream_slot)]
 LastEventIdDep = Annotated[str | None, Depends(last_event_id)]

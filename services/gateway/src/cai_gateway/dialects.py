@@ -3,10 +3,19 @@ these dialects need the answer's text, so `messages` events are parsed here."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from cai.v1 import orchestrator_pb2 as pb
+from cai_common import runs
+from cai_common.runs import CANCELLED, END, ERROR, RETRY, TERMINAL_EVENTS, TIMEOUT
+from cai_gateway.problems import Problem
+from cai_gateway.runs import StreamInterrupted
+from cai_gateway.sse import TIME_TO_FIRST_TOKEN
 
 AI_TYPES = frozenset({"AIMessageChunk", "ai"})
 
@@ -81,6 +90,13 @@ class AnswerText:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
+# What a run that ended without its own message went through, by terminal event.
+ENDED_BECAUSE = {
+    runs.CANCELLED: "The run was cancelled",
+    runs.TIMEOUT: "The run passed its deadline",
+}
+
+
 def error_message(event: str, data: bytes) -> str:
     """A human-readable reason for a run's non-success terminal event."""
     try:
@@ -89,10 +105,7 @@ def error_message(event: str, data: bytes) -> str:
         payload = None
     if isinstance(payload, dict) and isinstance(payload.get("message"), str):
         return str(payload["message"])
-    return {
-        "cancelled": "The run was cancelled",
-        "timeout": "The run passed its deadline",
-    }.get(event, "The run failed")
+    return ENDED_BECAUSE.get(event, "The run failed")
 
 
 # -- OpenAI chunks -------------------------------------------------------------------------------
@@ -146,6 +159,92 @@ def error_chunk(message: str, kind: str = "server_error") -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
+async def openai_chunks(
+    batches: AsyncIterator[Sequence[pb.RunEvent]], ids: CompletionIds, started: float
+) -> AsyncIterator[bytes]:
+    """A run's event batches as `chat.completion.chunk` SSE messages, ending with [DONE] (or an
+    in-stream error); `started` is when the request arrived, for the edge TTFT metric."""
+    answer = AnswerText()
+    first_token = True
+    yield chunk(ids, {"role": "assistant", "content": ""})
+    try:
+        async for events in batches:
+            out: list[bytes] = []
+            for e in events:
+                if e.event == "messages":
+                    text, usage = ai_text_and_usage(e.data)
+                    if usage:
+                        answer.add_usage(usage)
+                    delta = answer.add(text)
+                    if delta:
+                        if first_token:
+                            TIME_TO_FIRST_TOKEN.labels("edge").observe(
+                                time.perf_counter() - started
+                            )
+                            first_token = False
+                        out.append(chunk(ids, {"content": delta}))
+                elif e.event == RETRY:
+                    answer.retry()
+                elif e.event == END:
+                    out.append(chunk(ids, {}, "stop"))
+                    if ids.include_usage:
+                        out.append(usage_chunk(ids, answer.openai_usage()))
+                    out.append(DONE)
+                elif e.event in TERMINAL_EVENTS:
+                    out.append(error_chunk(error_message(e.event, e.data)))
+            if out:
+                yield b"".join(out)
+    except StreamInterrupted as exc:
+        yield error_chunk(f"The answer was interrupted: {exc}; retry the request")
+
+
+async def openai_completion(
+    batches: AsyncIterator[Sequence[pb.RunEvent]], ids: CompletionIds
+) -> bytes:
+    """A run's event batches as one `chat.completion` body.
+
+    Raises:
+        Problem: the run did not succeed (504 timeout, 409 cancelled, 502 error), or its stream
+            was interrupted (503).
+    """
+    answer = AnswerText()
+    terminal, data = "", b""
+    try:
+        async for events in batches:
+            for e in events:
+                if e.event == "messages":
+                    text, usage = ai_text_and_usage(e.data)
+                    if usage:
+                        answer.add_usage(usage)
+                    answer.add(text)
+                elif e.event == RETRY:
+                    answer.retry()
+                elif e.event in TERMINAL_EVENTS:
+                    terminal, data = e.event, e.data
+    except StreamInterrupted as exc:
+        raise Problem(503, f"The answer was interrupted: {exc}", {"Retry-After": "1"}) from None
+    if terminal not in (END, ""):
+        status = {TIMEOUT: 504, CANCELLED: 409}.get(terminal, 502)
+        raise Problem(status, error_message(terminal, data))
+    body = {
+        "id": ids.id,
+        "object": "chat.completion",
+        "created": ids.created,
+        "model": ids.model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.sent, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": answer.openai_usage(),
+    }
+    return orjson.dumps(body)
+
+
 # -- task API ------------------------------------------------------------------------------------
 
 
@@ -156,10 +255,87 @@ def task_event(event_id: str, kind: str, data: Any) -> bytes:
 
 
 TASK_STATUS = {
-    "pending": "pending",
-    "running": "running",
-    "success": "done",
-    "interrupted": "stopped",
-    "error": "error",
-    "timeout": "error",
+    runs.PENDING: "pending",
+    runs.RUNNING: "running",
+    runs.SUCCESS: "done",
+    runs.INTERRUPTED: "stopped",
+    runs.ERROR: "error",
+    runs.TIMEOUT: "error",
 }
+
+
+async def task_events(
+    task_id: str,
+    batches: AsyncIterator[Sequence[pb.RunEvent]],
+    status_when_expired: Callable[[], Awaitable[str]],
+) -> AsyncIterator[bytes]:
+    """A run's event batches as task-API SSE messages (`status_when_expired`: the task's status
+    from its record, asked only when the log ended without a terminal event)."""
+    answer = AnswerText()
+    ended = False
+    try:
+        async for events in batches:
+            out: list[bytes] = []
+            for e in events:
+                frame = task_event_of(task_id, e, answer)
+                if frame is not None:
+                    out.append(frame)
+                if e.event in TERMINAL_EVENTS:
+                    ended = True
+            if out:
+                yield b"".join(out)
+    except StreamInterrupted:
+        # The gateway is going away (or no orchestrator answers): the client reconnects with
+        # Last-Event-ID, to this or another gateway, and loses nothing.
+        yield b"retry: 250\n\n"
+        return
+    if not ended:
+        # The run's log has expired: tell how it ended from its record.
+        status = await status_when_expired()
+        kind = {"done": "done", "stopped": "stopped"}.get(status, "error")
+        yield task_event("0", kind, {"task_id": task_id, "status": status})
+
+
+def task_event_of(task_id: str, e: pb.RunEvent, answer: AnswerText) -> bytes | None:
+    """One run event as a task event (None: nothing the task client needs)."""
+    if e.event == "messages":
+        text, _ = ai_text_and_usage(e.data)
+        delta = answer.add(text)
+        return task_event(e.id, "token", delta) if delta else None
+    if e.event == "status":
+        return task_event(e.id, "status", _loads(e.data))
+    if e.event == RETRY:
+        answer.retry()
+        attempt = _object(e.data).get("attempt")
+        return task_event(e.id, "status", {"status": "retrying", "attempt": attempt})
+    if e.event == END:
+        return task_event(e.id, "done", {"task_id": task_id, "status": "done"})
+    if e.event == CANCELLED:
+        return task_event(
+            e.id, "stopped", {"task_id": task_id, "status": "stopped", **_object(e.data)}
+        )
+    if e.event in (ERROR, TIMEOUT):
+        detail = _object(e.data)
+        return task_event(
+            e.id,
+            "error",
+            {
+                "task_id": task_id,
+                "status": "error",
+                "error": detail.get("error", e.event),
+                "message": detail.get("message", "The task failed"),
+            },
+        )
+    return None
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data) if data else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _object(data: bytes) -> dict[str, Any]:
+    value = _loads(data)
+    return value if isinstance(value, dict) else {}

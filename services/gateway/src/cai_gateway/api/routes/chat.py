@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -10,26 +9,16 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
-from cai.v1 import common_pb2
-from cai.v1 import orchestrator_pb2 as pb
-from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_gateway.api.openapi import ERRORS, json_ok, sse_ok
 from cai_gateway.api.routing import OrjsonRoute
-from cai_gateway.config import Settings
-from cai_gateway.convert import message_run_request
-from cai_gateway.deps import (
-    LastEventIdDep,
-    OrchestratorDep,
-    PrincipalDep,
-    SettingsDep,
-    StreamSlotDep,
-)
-from cai_gateway.dialects import TASK_STATUS, AnswerText, ai_text_and_usage, task_event
+from cai_gateway.deps import LastEventIdDep, OrchestratorClientDep, SettingsDep, StreamSlotDep
+from cai_gateway.dialects import TASK_STATUS, task_events
 from cai_gateway.limits import message_limit_violation
 from cai_gateway.models import TaskCreated, TaskStatus
+from cai_gateway.orchestrator import OrchestratorClient
 from cai_gateway.problems import Problem
 from cai_gateway.schemas import ChatTaskCreate
-from cai_gateway.sse import StreamInterrupted, follow, open_feed, tracked
+from cai_gateway.sse import tracked
 
 router = APIRouter(tags=["chat tasks"], responses=ERRORS, route_class=OrjsonRoute)
 
@@ -55,20 +44,14 @@ def _status(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _get_run(
-    orch: OrchestratorStub, principal: common_pb2.Principal, task_id: str, settings: Settings
-) -> dict[str, Any]:
-    reply = await orch.GetRun(
-        pb.GetRunRequest(principal=principal, run_id=task_id),
-        timeout=settings.rpc_timeout_seconds,
-    )
-    run: dict[str, Any] = orjson.loads(reply.json)
+async def _get_run(orch: OrchestratorClient, task_id: str) -> dict[str, Any]:
+    run: dict[str, Any] = orjson.loads(await orch.get_run("", task_id))
     return run
 
 
 @router.post("/chat", responses=json_ok(TaskCreated))
 async def start_chat_task(
-    body: ChatTaskCreate, principal: PrincipalDep, orch: OrchestratorDep, settings: SettingsDep
+    body: ChatTaskCreate, orch: OrchestratorClientDep, settings: SettingsDep
 ) -> Response:
     """Start answering a message; stream the answer from /chat/{task_id}/stream."""
     messages = [m.model_dump() for m in body.conversation_history or []]
@@ -77,23 +60,16 @@ async def start_chat_task(
     if why:
         raise Problem(422, f"message: {why}")
     thread_id = str(body.thread_id) if body.thread_id else ""
-    reply = await orch.CreateRun(
-        message_run_request(
-            principal,
-            thread_id=thread_id,
-            assistant_id=body.assistant_id,
-            messages=messages,
-            stream_modes=["messages-tuple"],
-            metadata={"api": "task"},
-        ),
-        timeout=settings.rpc_timeout_seconds,
+    run = await orch.create_message_run(
+        thread_id=thread_id,
+        assistant_id=body.assistant_id,
+        messages=messages,
+        stream_modes=["messages-tuple"],
+        metadata={"api": "task"},
     )
-    run = orjson.loads(reply.json)
-    created = {"task_id": run["run_id"], "status": "started", "thread_id": thread_id or None}
+    created = {"task_id": run.run_id, "status": "started", "thread_id": thread_id or None}
     return Response(
-        orjson.dumps(created),
-        media_type=JSON,
-        headers={"Location": f"/chat/{run['run_id']}/stream"},
+        orjson.dumps(created), media_type=JSON, headers={"Location": f"/chat/{run.run_id}/stream"}
     )
 
 
@@ -103,122 +79,36 @@ async def start_chat_task(
 async def stream_chat_task(
     task_id: UUID,
     request: Request,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
+    orch: OrchestratorClientDep,
     settings: SettingsDep,
     slot: StreamSlotDep,
     last_event_id: LastEventIdDep = None,
 ) -> Response:
     """Stream a task's answer token by token, then how it ended."""
-    stream_request = pb.StreamRunRequest(
-        principal=principal, run_id=str(task_id), after_event_id=last_event_id or ""
-    )
-    shutdown = request.app.state.shutdown_event
-    feed = await open_feed(orch, stream_request, shutdown)
-    events = _task_events(
-        str(task_id), follow(orch, stream_request, shutdown, feed), orch, principal, settings
-    )
+    batches = await orch.watch("", str(task_id), after_event_id=last_event_id or "")
+
+    async def status_when_expired() -> str:
+        run = await _get_run(orch, str(task_id))
+        return str(_status(run)["status"])
+
+    events = task_events(str(task_id), batches, status_when_expired)
     return EventSourceResponse(
         slot.wrap(tracked(events, "task")),
         ping=settings.sse_ping_seconds,
-        shutdown_event=shutdown,
+        shutdown_event=orch.shutdown,
         shutdown_grace_period=settings.shutdown_grace_seconds,
     )
 
 
-async def _task_events(
-    task_id: str,
-    batches: AsyncIterator[Sequence[pb.RunEvent]],
-    orch: OrchestratorStub,
-    principal: common_pb2.Principal,
-    settings: Settings,
-) -> AsyncIterator[bytes]:
-    answer = AnswerText()
-    ended = False
-    try:
-        async for events in batches:
-            out: list[bytes] = []
-            for e in events:
-                frame = _translate(task_id, e, answer)
-                if frame is not None:
-                    out.append(frame)
-                if e.event in ("end", "error", "cancelled", "timeout"):
-                    ended = True
-            if out:
-                yield b"".join(out)
-    except StreamInterrupted:
-        # The gateway is going away (or no orchestrator answers): the client reconnects with
-        # Last-Event-ID, to this or another gateway, and loses nothing.
-        yield b"retry: 250\n\n"
-        return
-    if not ended:
-        # The run's log has expired: tell how it ended from its record.
-        run = _status(await _get_run(orch, principal, task_id, settings))
-        kind = {"done": "done", "stopped": "stopped"}.get(run["status"], "error")
-        yield task_event("0", kind, {"task_id": task_id, "status": run["status"]})
-
-
-def _translate(task_id: str, e: pb.RunEvent, answer: AnswerText) -> bytes | None:
-    """One run event as a task event (None: nothing the task client needs)."""
-    if e.event == "messages":
-        text, _ = ai_text_and_usage(e.data)
-        delta = answer.add(text)
-        return task_event(e.id, "token", delta) if delta else None
-    if e.event == "status":
-        return task_event(e.id, "status", _loads(e.data))
-    if e.event == "retry":
-        answer.retry()
-        attempt = _object(e.data).get("attempt")
-        return task_event(e.id, "status", {"status": "retrying", "attempt": attempt})
-    if e.event == "end":
-        return task_event(e.id, "done", {"task_id": task_id, "status": "done"})
-    if e.event == "cancelled":
-        return task_event(
-            e.id, "stopped", {"task_id": task_id, "status": "stopped", **_object(e.data)}
-        )
-    if e.event in ("error", "timeout"):
-        detail = _object(e.data)
-        return task_event(
-            e.id,
-            "error",
-            {
-                "task_id": task_id,
-                "status": "error",
-                "error": detail.get("error", e.event),
-                "message": detail.get("message", "The task failed"),
-            },
-        )
-    return None
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return orjson.loads(data) if data else None
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _object(data: bytes) -> dict[str, Any]:
-    value = _loads(data)
-    return value if isinstance(value, dict) else {}
-
-
 @router.post("/chat/{task_id}/stop", responses=json_ok(TaskStatus))
-async def stop_chat_task(
-    task_id: UUID, principal: PrincipalDep, orch: OrchestratorDep, settings: SettingsDep
-) -> Response:
+async def stop_chat_task(task_id: UUID, orch: OrchestratorClientDep) -> Response:
     """Stop a task (its stream ends with `stopped`); a finished task keeps its status."""
-    reply = await orch.CancelRun(
-        pb.CancelRunRequest(principal=principal, run_id=str(task_id), wait=True),
-        timeout=settings.rpc_timeout_seconds + 60,
-    )
-    return Response(orjson.dumps(_status(orjson.loads(reply.json))), media_type=JSON)
+    run = await orch.cancel_run("", str(task_id), wait=True)
+    return Response(orjson.dumps(_status(orjson.loads(run))), media_type=JSON)
 
 
 @router.get("/chat/{task_id}/status", responses=json_ok(TaskStatus))
-async def get_chat_task_status(
-    task_id: UUID, principal: PrincipalDep, orch: OrchestratorDep, settings: SettingsDep
-) -> Response:
+async def get_chat_task_status(task_id: UUID, orch: OrchestratorClientDep) -> Response:
     """A task's status: pending, running, done, stopped or error."""
-    run = await _get_run(orch, principal, str(task_id), settings)
+    run = await _get_run(orch, str(task_id))
     return Response(orjson.dumps(_status(run)), media_type=JSON)

@@ -8,7 +8,6 @@ messages after the last assistant message of the request are added to it (create
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -18,36 +17,16 @@ import orjson
 from fastapi import APIRouter, Header, Request, Response
 from sse_starlette import EventSourceResponse
 
-from cai.v1 import common_pb2
-from cai.v1 import orchestrator_pb2 as pb
-from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_gateway.api.openapi import ERRORS, SSE_EVENT_SCHEMA, json_ok
 from cai_gateway.api.routing import OrjsonRoute
-from cai_gateway.config import Settings
-from cai_gateway.convert import message_run_request
-from cai_gateway.deps import OrchestratorDep, PrincipalDep, SettingsDep, StreamSlotDep
-from cai_gateway.dialects import (
-    DONE,
-    AnswerText,
-    CompletionIds,
-    ai_text_and_usage,
-    chunk,
-    error_chunk,
-    error_message,
-    usage_chunk,
-)
+from cai_gateway.deps import OrchestratorClientDep, SettingsDep, StreamSlotDep
+from cai_gateway.dialects import CompletionIds, openai_chunks, openai_completion
 from cai_gateway.limits import message_limit_violation
 from cai_gateway.models import ChatCompletion, OpenAIModel, OpenAIModelList
+from cai_gateway.orchestrator import OrchestratorClient
 from cai_gateway.problems import Problem
 from cai_gateway.schemas import AssistantIdPath, ChatCompletionRequest
-from cai_gateway.sse import (
-    TERMINAL_EVENTS,
-    TIME_TO_FIRST_TOKEN,
-    StreamInterrupted,
-    follow,
-    open_feed,
-    tracked,
-)
+from cai_gateway.sse import tracked
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERRORS, route_class=OrjsonRoute)
 
@@ -96,14 +75,8 @@ def _input_messages(body: ChatCompletionRequest, stateful: bool) -> list[dict[st
     return out
 
 
-async def _models(
-    orch: OrchestratorStub, principal: common_pb2.Principal, settings: Settings
-) -> list[dict[str, Any]]:
-    reply = await orch.SearchAssistants(
-        pb.SearchAssistantsRequest(principal=principal, limit=1000),
-        timeout=settings.rpc_timeout_seconds,
-    )
-    return [_model(a) for a in orjson.loads(reply.json)]
+async def _models(orch: OrchestratorClient) -> list[dict[str, Any]]:
+    return [_model(a) for a in orjson.loads(await orch.search_assistants(limit=1000))]
 
 
 def _model(assistant: dict[str, Any]) -> dict[str, Any]:
@@ -117,23 +90,18 @@ def _model(assistant: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/models", responses=json_ok(OpenAIModelList))
 async def list_models(
-    principal: PrincipalDep, orch: OrchestratorDep, settings: SettingsDep
+    orch: OrchestratorClientDep,
 ) -> Response:
     """The assistants, as OpenAI models."""
-    data = await _models(orch, principal, settings)
+    data = await _models(orch)
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 @router.get("/models/{model}", responses=json_ok(OpenAIModel))
-async def get_model(
-    model: AssistantIdPath, principal: PrincipalDep, orch: OrchestratorDep, settings: SettingsDep
-) -> Response:
+async def get_model(model: AssistantIdPath, orch: OrchestratorClientDep) -> Response:
     """One assistant, as an OpenAI model."""
-    reply = await orch.GetAssistant(
-        pb.GetAssistantRequest(principal=principal, assistant_id=model),
-        timeout=settings.rpc_timeout_seconds,
-    )
-    return Response(orjson.dumps(_model(orjson.loads(reply.json))), media_type="application/json")
+    assistant = orjson.loads(await orch.get_assistant(model))
+    return Response(orjson.dumps(_model(assistant)), media_type="application/json")
 
 
 @router.post(
@@ -149,8 +117,7 @@ async def get_model(
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
+    orch: OrchestratorClientDep,
     settings: SettingsDep,
     slot: StreamSlotDep,
     thread_header: ThreadHeader = None,
@@ -162,33 +129,22 @@ async def create_chat_completion(
     why = message_limit_violation(messages, settings.max_messages, settings.max_message_chars)
     if why:
         raise Problem(422, f"messages: {why}")
-    reply = await orch.CreateRun(
-        message_run_request(
-            principal,
-            thread_id=thread_id,
-            assistant_id=body.model,
-            messages=messages,
-            stream_modes=["messages-tuple"],
-            metadata={"api": "openai", **({"user": body.user} if body.user else {})},
-            # An OpenAI client cannot resume a stream: when it goes, the run stops.
-            on_disconnect="cancel",
-        ),
-        timeout=settings.rpc_timeout_seconds,
-    )
-    run = orjson.loads(reply.json)
-    stream_request = pb.StreamRunRequest(
-        principal=principal,
-        thread_id=run["thread_id"],
-        run_id=run["run_id"],
-        cancel_on_disconnect=True,
+    run = await orch.create_message_run(
+        thread_id=thread_id,
+        assistant_id=body.model,
+        messages=messages,
+        stream_modes=["messages-tuple"],
+        metadata={"api": "openai", **({"user": body.user} if body.user else {})},
+        # An OpenAI client cannot resume a stream: when it goes, the run stops.
+        on_disconnect="cancel",
     )
     # An OpenAI client cannot resume: on shutdown the answer goes on through the grace period
-    # (an event never set) instead of being cut short like resumable streams.
-    never = anyio.Event()
-    feed = await open_feed(orch, stream_request, never)
-    batches = follow(orch, stream_request, never, feed)
+    # instead of being cut short like resumable streams.
+    batches = await orch.watch(
+        run.thread_id, run.run_id, cancel_on_disconnect=True, through_shutdown=True
+    )
     ids = CompletionIds(
-        id=f"chatcmpl-{run['run_id']}",
+        id=f"chatcmpl-{run.run_id}",
         created=int(time.time()),
         model=body.model,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
@@ -196,88 +152,11 @@ async def create_chat_completion(
     headers = {THREAD_HEADER: thread_id} if thread_id else {}
     if body.stream:
         return EventSourceResponse(
-            slot.wrap(tracked(_stream(batches, ids, started), "openai")),
+            slot.wrap(tracked(openai_chunks(batches, ids, started), "openai")),
             ping=settings.sse_ping_seconds,
             headers=headers,
             shutdown_event=anyio.Event(),  # sse-starlette's signal, unused: keep streaming
             shutdown_grace_period=settings.shutdown_grace_seconds,
         )
-    return await _complete(batches, ids, headers)  # the slot is released after it
-
-
-async def _stream(
-    batches: AsyncIterator[Any], ids: CompletionIds, started: float
-) -> AsyncIterator[bytes]:
-    answer = AnswerText()
-    first_token = True
-    yield chunk(ids, {"role": "assistant", "content": ""})
-    try:
-        async for events in batches:
-            out: list[bytes] = []
-            for e in events:
-                if e.event == "messages":
-                    text, usage = ai_text_and_usage(e.data)
-                    if usage:
-                        answer.add_usage(usage)
-                    delta = answer.add(text)
-                    if delta:
-                        if first_token:
-                            TIME_TO_FIRST_TOKEN.labels("edge").observe(
-                                time.perf_counter() - started
-                            )
-                            first_token = False
-                        out.append(chunk(ids, {"content": delta}))
-                elif e.event == "retry":
-                    answer.retry()
-                elif e.event == "end":
-                    out.append(chunk(ids, {}, "stop"))
-                    if ids.include_usage:
-                        out.append(usage_chunk(ids, answer.openai_usage()))
-                    out.append(DONE)
-                elif e.event in TERMINAL_EVENTS:
-                    out.append(error_chunk(error_message(e.event, e.data)))
-            if out:
-                yield b"".join(out)
-    except StreamInterrupted as exc:
-        yield error_chunk(f"The answer was interrupted: {exc}; retry the request")
-
-
-async def _complete(
-    batches: AsyncIterator[Any], ids: CompletionIds, headers: dict[str, str]
-) -> Response:
-    answer = AnswerText()
-    terminal, data = "", b""
-    try:
-        async for events in batches:
-            for e in events:
-                if e.event == "messages":
-                    text, usage = ai_text_and_usage(e.data)
-                    if usage:
-                        answer.add_usage(usage)
-                    answer.add(text)
-                elif e.event == "retry":
-                    answer.retry()
-                elif e.event in TERMINAL_EVENTS:
-                    terminal, data = e.event, e.data
-    except StreamInterrupted as exc:
-        raise Problem(503, f"The answer was interrupted: {exc}", {"Retry-After": "1"}) from None
-    if terminal not in ("end", ""):
-        status = {"timeout": 504, "cancelled": 409}.get(terminal, 502)
-        raise Problem(status, error_message(terminal, data))
-    body = {
-        "id": ids.id,
-        "object": "chat.completion",
-        "created": ids.created,
-        "model": ids.model,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": answer.sent, "refusal": None},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": answer.openai_usage(),
-    }
-    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+    body_json = await openai_completion(batches, ids)  # the slot is released after it
+    return Response(body_json, media_type="application/json", headers=headers)

@@ -8,31 +8,25 @@ import time
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import grpc
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
-from cai.v1 import common_pb2
-from cai.v1 import orchestrator_pb2 as pb
-from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
+from cai_common.runs import END, ERROR, PENDING, RUNNING
 from cai_gateway.api.openapi import ERRORS, json_ok, sse_ok
 from cai_gateway.api.routing import OrjsonRoute
+from cai_gateway.api.scope import RunScope, on_thread_or_stateless
 from cai_gateway.config import Settings
-from cai_gateway.convert import create_run_request
-from cai_gateway.deps import (
-    LastEventIdDep,
-    OrchestratorDep,
-    PrincipalDep,
-    SettingsDep,
-    StreamSlotDep,
-)
+from cai_gateway.deps import LastEventIdDep, OrchestratorClientDep, SettingsDep, StreamSlotDep
+from cai_gateway.dialects import ENDED_BECAUSE
 from cai_gateway.limits import StreamSlot, message_limit_violation
 from cai_gateway.models import Run
-from cai_gateway.problems import Problem, from_rpc_error
+from cai_gateway.orchestrator import OrchestratorClient
+from cai_gateway.problems import Problem
+from cai_gateway.runs import Outcome, drain
 from cai_gateway.schemas import RunCreate, RunsCancel
-from cai_gateway.sse import Outcome, drain, follow, open_feed, open_stream, tracked, with_heartbeats
+from cai_gateway.sse import tracked, with_heartbeats
 
 router = APIRouter(tags=["runs"], responses=ERRORS, route_class=OrjsonRoute)
 
@@ -82,147 +76,70 @@ def check_input(body: RunCreate, settings: Settings) -> None:
         raise Problem(422, f"input.messages: {why}")
 
 
-async def create_run(
-    orch: OrchestratorStub,
-    settings: Settings,
-    request: pb.CreateRunRequest,
-) -> tuple[bytes, dict[str, Any]]:
-    """CreateRun; returns the run's JSON as relayed and as parsed."""
-    reply = await orch.CreateRun(request, timeout=settings.rpc_timeout_seconds)
-    run: dict[str, Any] = orjson.loads(reply.json)
-    return reply.json, run
+# -- create and stream -------------------------------------------------------------------------
 
 
-def run_path(run: dict[str, Any]) -> str:
-    """The run's URL path (stateless runs too: their temporary thread id)."""
-    return f"/threads/{run['thread_id']}/runs/{run['run_id']}"
-
-
-# -- create ------------------------------------------------------------------------------------
-
-
-async def _create_background(
-    thread_id: str,
+@on_thread_or_stateless(
+    router,
+    "/runs",
+    thread=("create_thread_run", "Create a background run on a thread."),
+    stateless=(
+        "create_stateless_run",
+        "Create a background run on a temporary thread (deleted when the run ends).",
+    ),
+    responses=json_ok(Run),
+)
+async def create_background_run(
+    scope: RunScope,
     body: RunCreate,
-    principal: common_pb2.Principal,
-    orch: OrchestratorStub,
-    settings: Settings,
-    idempotency_key: str | None,
-) -> Response:
-    check_input(body, settings)
-    raw, run = await create_run(
-        orch, settings, create_run_request(principal, thread_id, body, idempotency_key)
-    )
-    return Response(raw, media_type=JSON, headers={"Content-Location": run_path(run)})
-
-
-@router.post("/threads/{thread_id}/runs", responses=json_ok(Run))
-async def create_thread_run(
-    thread_id: UUID,
-    body: RunCreate,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
+    orch: OrchestratorClientDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    """Create a background run on a thread."""
-    return await _create_background(
-        str(thread_id), body, principal, orch, settings, idempotency_key
-    )
-
-
-@router.post("/runs", responses=json_ok(Run))
-async def create_stateless_run(
-    body: RunCreate,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
-    settings: SettingsDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    """Create a background run on a temporary thread (deleted when the run ends)."""
-    return await _create_background("", body, principal, orch, settings, idempotency_key)
-
-
-# -- stream ------------------------------------------------------------------------------------
-
-
-async def _create_and_stream(
-    thread_id: str,
-    body: RunCreate,
-    request: Request,
-    principal: common_pb2.Principal,
-    orch: OrchestratorStub,
-    settings: Settings,
-    slot: StreamSlot,
-    idempotency_key: str | None,
-) -> Response:
-    started = time.perf_counter()
+    """Create a background run."""
     check_input(body, settings)
-    # Stateless runs are cancelled when their client goes (LangGraph Server's default).
-    on_disconnect = body.on_disconnect or ("cancel" if not thread_id else "continue")
-    _, run = await create_run(
-        orch,
-        settings,
-        create_run_request(
-            principal, thread_id, body, idempotency_key, on_disconnect=on_disconnect
-        ),
-    )
-    stream = await open_stream(
-        orch,
-        pb.StreamRunRequest(
-            principal=principal,
-            thread_id=run["thread_id"],
-            run_id=run["run_id"],
-            cancel_on_disconnect=on_disconnect == "cancel",
-        ),
-        request.app.state.shutdown_event,
-        started,
-    )
-    location = run_path(run)
-    return sse_response(
-        request,
-        stream,
-        slot,
-        {"Location": f"{location}/stream", "Content-Location": location},
-    )
+    run = await orch.create_run(scope.thread_id, body, idempotency_key)
+    return Response(run.json, media_type=JSON, headers={"Content-Location": run.path})
 
 
-@router.post(
-    "/threads/{thread_id}/runs/stream",
+@on_thread_or_stateless(
+    router,
+    "/runs/stream",
+    thread=(
+        "create_and_stream_thread_run",
+        "Create a run on a thread and stream its events. Reconnect at `Location` with\n"
+        "Last-Event-ID.",
+    ),
+    stateless=(
+        "create_and_stream_stateless_run",
+        "Create a stateless run and stream its events (cancelled on disconnect unless\n"
+        "on_disconnect=continue).",
+    ),
     response_class=EventSourceResponse,
     responses=sse_ok(SSE_DOC),
 )
-async def create_and_stream_thread_run(
-    thread_id: UUID,
+async def create_and_stream_run(
+    scope: RunScope,
     body: RunCreate,
     request: Request,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
+    orch: OrchestratorClientDep,
     settings: SettingsDep,
     slot: StreamSlotDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    """Create a run on a thread and stream its events. Reconnect at `Location` with
-    Last-Event-ID."""
-    return await _create_and_stream(
-        str(thread_id), body, request, principal, orch, settings, slot, idempotency_key
+    """Create a run and stream its events."""
+    started = time.perf_counter()
+    check_input(body, settings)
+    on_disconnect = body.on_disconnect or scope.on_disconnect
+    run = await orch.create_run(scope.thread_id, body, idempotency_key, on_disconnect=on_disconnect)
+    stream = await orch.sse(
+        run.thread_id,
+        run.run_id,
+        cancel_on_disconnect=on_disconnect == "cancel",
+        started_at=started,
     )
-
-
-@router.post("/runs/stream", response_class=EventSourceResponse, responses=sse_ok(SSE_DOC))
-async def create_and_stream_stateless_run(
-    body: RunCreate,
-    request: Request,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
-    settings: SettingsDep,
-    slot: StreamSlotDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    """Create a stateless run and stream its events (cancelled on disconnect unless
-    on_disconnect=continue)."""
-    return await _create_and_stream(
-        "", body, request, principal, orch, settings, slot, idempotency_key
+    return sse_response(
+        request, stream, slot, {"Location": f"{run.path}/stream", "Content-Location": run.path}
     )
 
 
@@ -235,23 +152,17 @@ async def join_run_stream(
     thread_id: UUID,
     run_id: UUID,
     request: Request,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
+    orch: OrchestratorClientDep,
     slot: StreamSlotDep,
     last_event_id: LastEventIdDep = None,
     cancel_on_disconnect: bool = False,
 ) -> Response:
     """Join a run's event stream from the start; with Last-Event-ID, right after that event."""
-    stream = await open_stream(
-        orch,
-        pb.StreamRunRequest(
-            principal=principal,
-            thread_id=str(thread_id),
-            run_id=str(run_id),
-            after_event_id=last_event_id or "",
-            cancel_on_disconnect=cancel_on_disconnect,
-        ),
-        request.app.state.shutdown_event,
+    stream = await orch.sse(
+        str(thread_id),
+        str(run_id),
+        after_event_id=last_event_id or "",
+        cancel_on_disconnect=cancel_on_disconnect,
     )
     return sse_response(request, stream, slot)
 
@@ -261,43 +172,19 @@ async def join_run_stream(
 
 def error_body(outcome: Outcome) -> bytes:
     """LangGraph Server's body for a run that did not succeed."""
-    if outcome.terminal == "error":
+    if outcome.terminal == ERROR:
         return b'{"__error__":' + outcome.data + b"}"
-    message = {
-        "cancelled": "The run was cancelled",
-        "timeout": "The run passed its deadline",
-    }.get(outcome.terminal, "The run did not finish")
+    message = ENDED_BECAUSE.get(outcome.terminal, "The run did not finish")
     return orjson.dumps({"__error__": {"error": outcome.terminal, "message": message}})
 
 
-async def _thread_values(
-    orch: OrchestratorStub, principal: common_pb2.Principal, thread_id: str, settings: Settings
-) -> bytes | None:
-    """The thread's current values; None when the thread is gone (stateless runs)."""
-    try:
-        reply = await orch.GetThreadState(
-            pb.GetThreadStateRequest(principal=principal, thread_id=thread_id),
-            timeout=settings.rpc_timeout_seconds,
-        )
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.NOT_FOUND:
-            return None
-        raise
-    return orjson.dumps(orjson.loads(reply.json).get("values"))
-
-
 async def _result(
-    orch: OrchestratorStub,
-    principal: common_pb2.Principal,
-    settings: Settings,
-    thread_id: str,
-    outcome: Outcome,
-    prefer_state: bool,
+    orch: OrchestratorClient, thread_id: str, outcome: Outcome, prefer_state: bool
 ) -> bytes:
-    if outcome.terminal != "end":
+    if outcome.terminal != END:
         return error_body(outcome)
     if prefer_state or outcome.last_values is None:
-        values = await _thread_values(orch, principal, thread_id, settings)
+        values = await orch.find_values(thread_id)
         if values is not None:
             return values
     return outcome.last_values or b"null"
@@ -311,80 +198,44 @@ def _wait_response(
     return StreamingResponse(slot.wrap(tracked(body, "wait")), media_type=JSON, headers=headers)
 
 
-async def _create_and_wait(
-    thread_id: str,
+@on_thread_or_stateless(
+    router,
+    "/runs/wait",
+    thread=(
+        "create_and_wait_thread_run",
+        "Create a run on a thread, wait for it and return the thread's final values.",
+    ),
+    stateless=(
+        "create_and_wait_stateless_run",
+        "Create a stateless run, wait for it and return its final values.",
+    ),
+    responses=json_ok(dict[str, Any], WAIT_DOC),
+)
+async def create_and_wait_run(
+    scope: RunScope,
     body: RunCreate,
     request: Request,
-    principal: common_pb2.Principal,
-    orch: OrchestratorStub,
-    settings: Settings,
-    slot: StreamSlot,
-    idempotency_key: str | None,
+    orch: OrchestratorClientDep,
+    settings: SettingsDep,
+    slot: StreamSlotDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
+    """Create a run, wait for it and return the final values."""
     check_input(body, settings)
-    on_disconnect = body.on_disconnect or ("cancel" if not thread_id else "continue")
+    on_disconnect = body.on_disconnect or scope.on_disconnect
     modes = list(dict.fromkeys([*body.modes(), "values"]))
-    _, run = await create_run(
-        orch,
-        settings,
-        create_run_request(
-            principal,
-            thread_id,
-            body,
-            idempotency_key,
-            stream_modes=modes,
-            on_disconnect=on_disconnect,
-        ),
+    run = await orch.create_run(
+        scope.thread_id, body, idempotency_key, stream_modes=modes, on_disconnect=on_disconnect
     )
-    stream_request = pb.StreamRunRequest(
-        principal=principal,
-        thread_id=run["thread_id"],
-        run_id=run["run_id"],
-        cancel_on_disconnect=on_disconnect == "cancel",
+    batches = await orch.watch(
+        run.thread_id, run.run_id, cancel_on_disconnect=on_disconnect == "cancel"
     )
-    shutdown = request.app.state.shutdown_event
-    feed = await open_feed(orch, stream_request, shutdown)
 
     async def result() -> bytes:
-        outcome = await drain(follow(orch, stream_request, shutdown, feed))
-        return await _result(orch, principal, settings, run["thread_id"], outcome, False)
+        return await _result(orch, run.thread_id, await drain(batches), False)
 
-    location = run_path(run)
     return _wait_response(
-        request, result(), slot, {"Location": f"{location}/join", "Content-Location": location}
-    )
-
-
-@router.post("/threads/{thread_id}/runs/wait", responses=json_ok(dict[str, Any], WAIT_DOC))
-async def create_and_wait_thread_run(
-    thread_id: UUID,
-    body: RunCreate,
-    request: Request,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
-    settings: SettingsDep,
-    slot: StreamSlotDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    """Create a run on a thread, wait for it and return the thread's final values."""
-    return await _create_and_wait(
-        str(thread_id), body, request, principal, orch, settings, slot, idempotency_key
-    )
-
-
-@router.post("/runs/wait", responses=json_ok(dict[str, Any], WAIT_DOC))
-async def create_and_wait_stateless_run(
-    body: RunCreate,
-    request: Request,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
-    settings: SettingsDep,
-    slot: StreamSlotDep,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    """Create a stateless run, wait for it and return its final values."""
-    return await _create_and_wait(
-        "", body, request, principal, orch, settings, slot, idempotency_key
+        request, result(), slot, {"Location": f"{run.path}/join", "Content-Location": run.path}
     )
 
 
@@ -393,21 +244,14 @@ async def join_run(
     thread_id: UUID,
     run_id: UUID,
     request: Request,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
-    settings: SettingsDep,
+    orch: OrchestratorClientDep,
     slot: StreamSlotDep,
 ) -> Response:
     """Wait for a run to end and return the thread's final values."""
-    stream_request = pb.StreamRunRequest(
-        principal=principal, thread_id=str(thread_id), run_id=str(run_id)
-    )
-    shutdown = request.app.state.shutdown_event
-    feed = await open_feed(orch, stream_request, shutdown)
+    batches = await orch.watch(str(thread_id), str(run_id))
 
     async def result() -> bytes:
-        outcome = await drain(follow(orch, stream_request, shutdown, feed))
-        return await _result(orch, principal, settings, str(thread_id), outcome, True)
+        return await _result(orch, str(thread_id), await drain(batches), True)
 
     return _wait_response(request, result(), slot, {})
 
@@ -416,19 +260,9 @@ async def join_run(
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}", responses=json_ok(Run))
-async def get_run(
-    thread_id: UUID,
-    run_id: UUID,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
-    settings: SettingsDep,
-) -> Response:
+async def get_run(thread_id: UUID, run_id: UUID, orch: OrchestratorClientDep) -> Response:
     """Get a run (a pending run shows its queue position)."""
-    reply = await orch.GetRun(
-        pb.GetRunRequest(principal=principal, thread_id=str(thread_id), run_id=str(run_id)),
-        timeout=settings.rpc_timeout_seconds,
-    )
-    return Response(reply.json, media_type=JSON)
+    return Response(await orch.get_run(str(thread_id), str(run_id)), media_type=JSON)
 
 
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
@@ -437,103 +271,59 @@ RunStatus = Literal["pending", "running", "success", "error", "timeout", "interr
 @router.get("/threads/{thread_id}/runs", responses=json_ok(list[Run]))
 async def list_runs(
     thread_id: UUID,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
-    settings: SettingsDep,
+    orch: OrchestratorClientDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     status: RunStatus | None = None,
 ) -> Response:
     """List a thread's runs, newest first."""
-    reply = await orch.ListRuns(
-        pb.ListRunsRequest(
-            principal=principal,
-            thread_id=str(thread_id),
-            limit=limit,
-            offset=offset,
-            status=status or "",
-        ),
-        timeout=settings.rpc_timeout_seconds,
-    )
-    return Response(reply.json, media_type=JSON)
+    runs = await orch.list_runs(str(thread_id), limit=limit, offset=offset, status=status or "")
+    return Response(runs, media_type=JSON)
 
 
 @router.post("/threads/{thread_id}/runs/{run_id}/cancel", responses=json_ok(Run))
 async def cancel_run(
     thread_id: UUID,
     run_id: UUID,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
-    settings: SettingsDep,
+    orch: OrchestratorClientDep,
     wait: bool = False,
     action: Literal["interrupt", "rollback"] = "interrupt",
 ) -> Response:
     """Cancel a run (a no-op that reports the final status if it already ended)."""
-    reply = await orch.CancelRun(
-        pb.CancelRunRequest(
-            principal=principal,
-            thread_id=str(thread_id),
-            run_id=str(run_id),
-            action=action,
-            wait=wait,
-        ),
-        timeout=settings.rpc_timeout_seconds + (60 if wait else 0),
-    )
-    return Response(reply.json, media_type=JSON)
+    run = await orch.cancel_run(str(thread_id), str(run_id), action=action, wait=wait)
+    return Response(run, media_type=JSON)
 
 
 @router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204, response_class=Response)
-async def delete_run(
-    thread_id: UUID,
-    run_id: UUID,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
-    settings: SettingsDep,
-) -> Response:
+async def delete_run(thread_id: UUID, run_id: UUID, orch: OrchestratorClientDep) -> Response:
     """Delete a finished run (409 while it is pending or running)."""
-    await orch.DeleteRun(
-        pb.GetRunRequest(principal=principal, thread_id=str(thread_id), run_id=str(run_id)),
-        timeout=settings.rpc_timeout_seconds,
-    )
+    await orch.delete_run(str(thread_id), str(run_id))
     return Response(status_code=204)
 
 
-async def _runs_to_cancel(
-    body: RunsCancel,
-    principal: common_pb2.Principal,
-    orch: OrchestratorStub,
-    settings: Settings,
-) -> list[tuple[str, str]]:
+async def _runs_to_cancel(body: RunsCancel, orch: OrchestratorClient) -> list[tuple[str, str]]:
     """(thread id, run id) of the runs a bulk cancel names or selects by status."""
     thread_id = str(body.thread_id) if body.thread_id else ""
     if body.run_ids:
         return [(thread_id, str(r)) for r in dict.fromkeys(body.run_ids)]
-    wanted = {"pending", "running"} if body.status == "all" else {body.status or ""}
+    wanted = {PENDING, RUNNING} if body.status == "all" else {body.status or ""}
     if thread_id:
         threads = [thread_id]
     else:
-        reply = await orch.SearchThreads(
-            pb.SearchThreadsRequest(principal=principal, status="busy", limit=1000),
-            timeout=settings.rpc_timeout_seconds,
-        )
-        threads = [t["thread_id"] for t in orjson.loads(reply.json)]
+        busy = await orch.search_threads(status="busy", limit=1000)
+        threads = [t["thread_id"] for t in orjson.loads(busy)]
     found: list[tuple[str, str]] = []
     for tid in threads:
         for status in sorted(wanted):
-            reply = await orch.ListRuns(
-                pb.ListRunsRequest(principal=principal, thread_id=tid, limit=1000, status=status),
-                timeout=settings.rpc_timeout_seconds,
-            )
-            found += [(tid, r["run_id"]) for r in orjson.loads(reply.json)]
+            runs = await orch.list_runs(tid, limit=1000, status=status)
+            found += [(tid, r["run_id"]) for r in orjson.loads(runs)]
     return found
 
 
 @router.post("/runs/cancel", status_code=204, response_class=Response)
 async def cancel_runs(
     body: RunsCancel,
-    principal: PrincipalDep,
-    orch: OrchestratorDep,
-    settings: SettingsDep,
+    orch: OrchestratorClientDep,
     action: Literal["interrupt", "rollback"] = "interrupt",
 ) -> Response:
     """Cancel runs by id (on a thread or not), or every pending/running run of a thread or of
@@ -542,23 +332,12 @@ async def cancel_runs(
         raise Problem(422, "give run_ids, or a status (pending, running or all)")
     if body.run_ids and body.status:
         raise Problem(422, "give either run_ids or status, not both")
-    targets = await _runs_to_cancel(body, principal, orch, settings)
+    targets = await _runs_to_cancel(body, orch)
     limit = asyncio.Semaphore(16)
 
     async def cancel(thread_id: str, run_id: str) -> bool:
         async with limit:
-            try:
-                await orch.CancelRun(
-                    pb.CancelRunRequest(
-                        principal=principal, thread_id=thread_id, run_id=run_id, action=action
-                    ),
-                    timeout=settings.rpc_timeout_seconds,
-                )
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return False
-                raise from_rpc_error(exc) from None
-            return True
+            return await orch.try_cancel_run(thread_id, run_id, action)
 
     done = await asyncio.gather(*(cancel(t, r) for t, r in targets))
     if body.run_ids and not any(done):
