@@ -94,7 +94,7 @@ def options(argv: list[str]) -> Any:
     p.add_argument("--out", default=env("BENCH_OUT", ""))
     a = p.parse_args(argv)
     q = a.quick
-    from cai_bench.runner import Options  # (imports nothing from the services)
+    from cai_bench.options import Options  # (imports nothing from the services)
 
     o = Options(
         out_dir=Path(a.out) if a.out else HERE / "results" / ("quick" if q else ""),
@@ -137,7 +137,7 @@ def main(argv: list[str]) -> int:
     if tree:
         opts.source_tree = use_tree(tree)
         print(f"services run from {opts.source_tree}")
-    from cai_bench.runner import Bench  # after use_tree: cai_devstack may come from the tree
+    from cai_bench.harness import Bench  # after use_tree: cai_devstack may come from the tree
 
     bench = Bench(opts)
 
@@ -149,8 +149,7 @@ def main(argv: list[str]) -> int:
         records = _run(bench)
     except KeyboardInterrupt:
         print("interrupted; partial results in", bench.jsonl, file=sys.stderr)
-        if bench.stack is not None:
-            bench.stack.down()  # idempotent: stops whatever is still running
+        bench.stack.down()  # idempotent: stops whatever is still running
         records = bench.records
         if not records:
             return 130
