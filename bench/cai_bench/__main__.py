@@ -34,7 +34,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cai_bench.report import markdown, plot
+from cai_bench.plot import plot
+from cai_bench.report import markdown
 
 HERE = Path(__file__).resolve().parent.parent  # bench/
 
