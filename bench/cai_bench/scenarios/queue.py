@@ -2,8 +2,7 @@
 
 The runs' statuses are read through the gateway (GET /threads/{thread_id}/runs/{run_id}), the
 way a client polls them. A request costs Cai far more than the Redis read it replaces, so the
-watcher polls few: the oldest open runs first (runs finish roughly in queue order), one at a
-time while the oldest is still running, more at once while they turn out finished.
+watcher asks about few runs (see PollOrder): about one request per run, plus one per pause.
 """
 
 from __future__ import annotations
@@ -27,28 +26,38 @@ if TYPE_CHECKING:
     from cai_bench.harness import Bench
 
 CREATORS = 20
-POLL_S = 0.05  # while the oldest open run is still running
-MAX_POLL_WIDTH = 8  # runs whose status is asked at once
+POLL_S = 0.05  # the pause after a round in which no run had ended
+MAX_POLL_WIDTH = 8  # runs asked about at once
 
 
-def oldest_open(created: dict[str, str], finished: dict[str, Any], n: int) -> list[str]:
-    """The first `n` created runs (creation order) not yet seen finished."""
-    out: list[str] = []
-    for run_id in created:
-        if run_id not in finished:
-            out.append(run_id)
-            if len(out) == n:
-                break
-    return out
+class PollOrder:
+    """Which open runs to ask about next.
 
+    Runs end roughly in creation order, so rounds walk the open runs oldest first: one run at a
+    time, twice as many after a round in which all had ended (up to MAX_POLL_WIDTH), back to one
+    and a pause after a round in which none had. Runs found still open are stepped over until
+    the walk wraps around, so one slow run does not hide the others.
+    """
 
-def next_width(width: int, asked: int, ended: int) -> int:
-    """How many runs to ask about next: back to one when none had ended, doubled when all had."""
-    if ended == 0:
-        return 1
-    if ended == asked:
-        return min(MAX_POLL_WIDTH, width * 2)
-    return width
+    def __init__(self) -> None:
+        self.width = 1
+        self.cursor = 0  # index into the open runs, in creation order
+
+    def batch(self, open_runs: list[str]) -> list[str]:
+        """The runs to ask about this round."""
+        if self.cursor >= len(open_runs):
+            self.cursor = 0
+        return open_runs[self.cursor : self.cursor + self.width]
+
+    def update(self, asked: int, ended: int) -> bool:
+        """Note how many of the asked runs had ended; True: pause before the next round."""
+        self.cursor += asked - ended  # past the ones still open (the ended ones left the list)
+        if ended == 0:
+            self.width = 1
+            return True
+        if ended == asked:
+            self.width = min(MAX_POLL_WIDTH, self.width * 2)
+        return False
 
 
 class FinishWatch:
@@ -59,6 +68,10 @@ class FinishWatch:
         self.created: dict[str, str] = {}  # run id → thread id, in creation order
         self.finished: dict[str, tuple[float, str]] = {}  # run id → (perf_counter, status)
         self.clients = [make_client() for _ in range(MAX_POLL_WIDTH)]
+
+    def open_runs(self) -> list[str]:
+        """Created runs not yet seen finished, in creation order."""
+        return [r for r in self.created if r not in self.finished]
 
     async def status(self, client: httpx.AsyncClient, run_id: str) -> str:
         """The run's status ("" when it could not be read: asked again later)."""
@@ -71,9 +84,9 @@ class FinishWatch:
 
     async def follow(self) -> None:
         """Poll until cancelled."""
-        width = 1
+        order = PollOrder()
         while True:
-            batch = oldest_open(self.created, self.finished, width)
+            batch = order.batch(self.open_runs())
             if not batch:
                 await asyncio.sleep(POLL_S)
                 continue
@@ -86,8 +99,7 @@ class FinishWatch:
                 if status in TERMINAL_STATUSES:
                     self.finished[run_id] = (now, status)
                     ended += 1
-            width = next_width(width, len(batch), ended)
-            if not ended:
+            if order.update(len(batch), ended):
                 await asyncio.sleep(POLL_S)
 
     async def aclose(self) -> None:
