@@ -47,7 +47,13 @@ def use_tree(spec: str) -> str:
     """
     path = Path(spec)
     label = str(path.resolve())
+    # The tree's cai_common comes first on the path, and the load generator reads the run
+    # event names from its cai_common.runs.
+    needed = "libs/cai-common/src/cai_common/runs.py"
     if not path.is_dir():
+        has_runs = subprocess.run(["git", "cat-file", "-e", f"{spec}:{needed}"], check=False)
+        if has_runs.returncode != 0:
+            raise SystemExit(f"BENCH_TREE={spec}: no {needed} there (it came with 39623cc)")
         commit = subprocess.run(
             ["git", "rev-parse", "--short", spec], capture_output=True, text=True, check=True
         ).stdout.strip()
@@ -55,6 +61,8 @@ def use_tree(spec: str) -> str:
         archive = subprocess.run(["git", "archive", spec], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(path)], input=archive.stdout, check=True)
         label = f"{commit} (exported to {path})"
+    elif not (path / needed).is_file():
+        raise SystemExit(f"BENCH_TREE={spec}: no {needed} there (it came with 39623cc)")
     srcs = [str(d) for d in sorted(path.glob("*/*/src")) if d.is_dir()]
     sys.path[:0] = srcs
     os.environ["PYTHONPATH"] = os.pathsep.join(
