@@ -34,7 +34,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cai_bench.report import markdown, plot
+from cai_bench.plot import plot
+from cai_bench.report import markdown
 
 HERE = Path(__file__).resolve().parent.parent  # bench/
 
@@ -46,7 +47,13 @@ def use_tree(spec: str) -> str:
     """
     path = Path(spec)
     label = str(path.resolve())
+    # The tree's cai_common comes first on the path, and the load generator reads the run
+    # event names from its cai_common.runs.
+    needed = "libs/cai-common/src/cai_common/runs.py"
     if not path.is_dir():
+        has_runs = subprocess.run(["git", "cat-file", "-e", f"{spec}:{needed}"], check=False)
+        if has_runs.returncode != 0:
+            raise SystemExit(f"BENCH_TREE={spec}: no {needed} there (it came with 39623cc)")
         commit = subprocess.run(
             ["git", "rev-parse", "--short", spec], capture_output=True, text=True, check=True
         ).stdout.strip()
@@ -54,6 +61,8 @@ def use_tree(spec: str) -> str:
         archive = subprocess.run(["git", "archive", spec], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(path)], input=archive.stdout, check=True)
         label = f"{commit} (exported to {path})"
+    elif not (path / needed).is_file():
+        raise SystemExit(f"BENCH_TREE={spec}: no {needed} there (it came with 39623cc)")
     srcs = [str(d) for d in sorted(path.glob("*/*/src")) if d.is_dir()]
     sys.path[:0] = srcs
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -94,7 +103,7 @@ def options(argv: list[str]) -> Any:
     p.add_argument("--out", default=env("BENCH_OUT", ""))
     a = p.parse_args(argv)
     q = a.quick
-    from cai_bench.runner import Options  # (imports nothing from the services)
+    from cai_bench.options import Options  # (imports nothing from the services)
 
     o = Options(
         out_dir=Path(a.out) if a.out else HERE / "results" / ("quick" if q else ""),
@@ -137,7 +146,7 @@ def main(argv: list[str]) -> int:
     if tree:
         opts.source_tree = use_tree(tree)
         print(f"services run from {opts.source_tree}")
-    from cai_bench.runner import Bench  # after use_tree: cai_devstack may come from the tree
+    from cai_bench.harness import Bench  # after use_tree: cai_devstack may come from the tree
 
     bench = Bench(opts)
 
@@ -149,8 +158,7 @@ def main(argv: list[str]) -> int:
         records = _run(bench)
     except KeyboardInterrupt:
         print("interrupted; partial results in", bench.jsonl, file=sys.stderr)
-        if bench.stack is not None:
-            bench.stack.down()  # idempotent: stops whatever is still running
+        bench.stack.down()  # idempotent: stops whatever is still running
         records = bench.records
         if not records:
             return 130

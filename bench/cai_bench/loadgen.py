@@ -17,13 +17,17 @@ from dataclasses import dataclass, field
 import httpx
 import orjson
 
+from cai_common.runs import END, METADATA, RETRY, TERMINAL_EVENTS_BYTES
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are Cai, a helpful assistant. Answer from the context you are given and say so when "
     "you do not know."
 )
-TERMINAL_EVENTS = frozenset({b"end", b"error", b"cancelled", b"timeout"})
+_END = END.encode()
+_METADATA = METADATA.encode()
+_RETRY = RETRY.encode()
 
-# perf_counter() of the last bytes any stream received (the runner cuts phases that stall).
+# perf_counter() of the last bytes any stream received (the harness cuts phases that stall).
 PROGRESS = [time.perf_counter()]
 
 _EMPTY_CAI_CONTENT = b'[{"content":"",'
@@ -84,7 +88,7 @@ class StreamResult:
     @property
     def ok(self) -> bool:
         """Completed normally."""
-        return not self.error and self.terminal in ("end", "done")
+        return not self.error and self.terminal in (END, "done")
 
     def finish(self) -> None:
         """Parse what was kept raw (after the measured window): text, tokens, id order."""
@@ -184,13 +188,13 @@ async def cai_stream(
                         if not res.t_first and not data.startswith(b"data: " + _EMPTY_CAI_CONTENT):
                             res.t_first = time.perf_counter()
                         res.payloads.append(data[6:])
-                    elif event in TERMINAL_EVENTS:
+                    elif event in TERMINAL_EVENTS_BYTES:
                         res.terminal = event.decode()
-                        if event != b"end":
+                        if event != _END:
                             res.error = f"{res.terminal}: {data[6:206].decode(errors='replace')}"
-                    elif event == b"metadata":
+                    elif event == _METADATA:
                         res.started = True
-                    elif event == b"retry":
+                    elif event == _RETRY:
                         res.retries += 1
                         res.retry_cut = len(res.payloads)
             if not res.terminal:

@@ -122,10 +122,18 @@ ACTIVITIES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ),
         (
             "run lifecycle (worker, store, CreateRun)",
+            # The run engine's modules, before (worker, store) and after the split into one
+            # module per concern: profiles recorded on either layout attribute the same way.
             (
                 "cai_orchestrator/worker.py",
                 "cai_orchestrator/store.py",
                 "cai_orchestrator/servicers/",
+                "cai_orchestrator/runs.py",
+                "cai_orchestrator/queue.py",
+                "cai_orchestrator/lease.py",
+                "cai_orchestrator/cancel.py",
+                "cai_orchestrator/records.py",
+                "cai_orchestrator/views.py",
             ),
         ),
         ("redis client, caller not captured (mostly command send syscalls)", ("redis/",)),
