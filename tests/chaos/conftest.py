@@ -11,7 +11,8 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
-from cai_devstack.stack import Stack, StackConfig
+from cai_devstack.fixtures import running_stack
+from cai_devstack.stack import Stack
 
 TOKEN_DELAY_MS = 50
 REPLY_TOKENS = 40  # about 2 s per answer
@@ -40,11 +41,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack with redundancy, short leases and short drains, so failures recover quickly."""
-    run_dir = tmp_path_factory.mktemp("chaos")
-    assistants = run_dir / "assistants.yaml"
-    assistants.write_text(ASSISTANTS)
-    config = StackConfig.ephemeral(
-        run_dir,
+    with running_stack(
+        tmp_path_factory.mktemp("chaos"),
+        timeout=120,
+        assistants=ASSISTANTS,
         orchestrator_replicas=2,
         gateway_replicas=2,
         with_retriever=False,
@@ -52,20 +52,14 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "--token-delay-ms", str(TOKEN_DELAY_MS), "--reply-tokens", str(REPLY_TOKENS)
         ],
         service_env={
-            "ASSISTANTS_FILE": str(assistants),
             "LEASE_SECONDS": str(LEASE_SECONDS),
             "SHUTDOWN_GRACE_SECONDS": "1",
             "LLM_STALL_SECONDS": "1.5",
             "LLM_MAX_RETRIES": "1",
             "SSE_PING_SECONDS": "0.5",
         },
-    )  # fmt: skip
-    stack = Stack(config)
-    stack.up(timeout=120)
-    try:
+    ) as stack:  # fmt: skip
         yield stack
-    finally:
-        stack.down()
 
 
 def eventually(check: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> None:

@@ -13,17 +13,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
 
-from tests.e2e.test_gateway_fixtures import (
-    KEYS,
-    REPLY_TOKENS,
-    client,
-    eventually,
-    gw,
-    gw_stack,
-    question,
-)
-
-__all__ = ["gw", "gw_stack"]  # fixtures, imported for pytest
+from tests.e2e.support import GATEWAY_REPLY_TOKENS, KEYS, client, eventually, question
 
 
 @pytest.fixture
@@ -54,7 +44,7 @@ async def test_stream_all_supported_modes(sdk: LangGraphClient) -> None:
     assert {"metadata", "values", "updates", "messages", "end"} <= events
     state = await sdk.threads.get_state(thread["thread_id"])
     assert ai_text(parts) == state["values"]["messages"][-1]["content"]
-    assert len(ai_text(parts).split()) == REPLY_TOKENS
+    assert len(ai_text(parts).split()) == GATEWAY_REPLY_TOKENS
 
 
 async def test_unsupported_stream_mode_is_a_clear_422(sdk: LangGraphClient) -> None:
@@ -90,7 +80,7 @@ async def test_stateless_runs_stream_wait_and_leave_no_thread(sdk: LangGraphClie
             on_run_created=created.append,
         )
     ]
-    assert parts[-1].event == "end" and len(ai_text(parts).split()) == REPLY_TOKENS
+    assert parts[-1].event == "end" and len(ai_text(parts).split()) == GATEWAY_REPLY_TOKENS
     values = await sdk.runs.wait(None, "chat", input=question("stateless wait"))
     assert values["messages"][-1]["type"] == "ai"  # type: ignore[index]
     run = await sdk.runs.create(None, "chat", input=question("background"))
@@ -343,7 +333,7 @@ async def test_sdk_stream_reconnects_after_a_dropped_connection(
     # Nothing lost, nothing repeated: the tokens spell the stored answer exactly.
     state = await sdk.threads.get_state(tid)
     assert ai_text(parts) == state["values"]["messages"][-1]["content"]
-    assert len(ai_text(parts).split()) == REPLY_TOKENS
+    assert len(ai_text(parts).split()) == GATEWAY_REPLY_TOKENS
 
 
 async def test_sdk_wait_reconnects_to_join_after_a_dropped_connection(

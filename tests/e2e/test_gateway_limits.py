@@ -12,9 +12,7 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
-from tests.e2e.test_gateway_fixtures import KEYS, client, eventually, gw, gw_stack, question
-
-__all__ = ["gw", "gw_stack"]  # fixtures, imported for pytest
+from tests.e2e.support import KEYS, client, eventually, question
 
 SLOW_RUN = {"assistant_id": "slow", "input": question(), "stream_mode": "messages-tuple"}
 

@@ -17,9 +17,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.e2e.test_gateway_fixtures import KEYS, gw, gw_stack
-
-__all__ = ["gw", "gw_stack"]  # fixtures, imported for pytest
+from tests.e2e.support import KEYS
 
 EXAMPLES = {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 8}
 CHECKS = [

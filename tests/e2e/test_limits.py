@@ -10,7 +10,8 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
-from cai_devstack.stack import Stack, StackConfig
+from cai_devstack.fixtures import running_stack
+from cai_devstack.stack import Stack
 
 ASSISTANTS = """
 - id: chat
@@ -21,24 +22,15 @@ ASSISTANTS = """
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    run_dir = tmp_path_factory.mktemp("limits")
-    (run_dir / "assistants.yaml").write_text(ASSISTANTS)
-    config = StackConfig.ephemeral(
-        run_dir,
+    with running_stack(
+        tmp_path_factory.mktemp("limits"),
+        timeout=120,
+        assistants=ASSISTANTS,
         with_retriever=False,
         llm_sim_args=["--token-delay-ms", "25", "--reply-tokens", "20"],
-        service_env={
-            "MAX_CONCURRENT_RUNS": "1",
-            "RUN_TIMEOUT_SECONDS": "2",
-            "ASSISTANTS_FILE": str(run_dir / "assistants.yaml"),
-        },
-    )
-    stack = Stack(config)
-    stack.up(timeout=120)
-    try:
+        service_env={"MAX_CONCURRENT_RUNS": "1", "RUN_TIMEOUT_SECONDS": "2"},
+    ) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 async def final_event(http: httpx.AsyncClient, run_path: str) -> tuple[str, dict[str, object]]:

@@ -11,7 +11,7 @@ from httpx_sse import EventSource, aconnect_sse
 from langgraph_sdk import get_client
 
 from cai_devstack.stack import Stack
-from tests.e2e.conftest import REPLY_TOKENS
+from tests.e2e.support import REPLY_TOKENS
 
 QUESTION = {"messages": [{"role": "user", "content": "How does Cai resume a stream?"}]}
 

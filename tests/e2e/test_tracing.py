@@ -18,10 +18,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from cai_devstack.fixtures import running_stack
 from cai_devstack.procs import free_port
-from cai_devstack.stack import Stack, StackConfig
+from cai_devstack.stack import Stack
 
 Span = dict[str, object]
+RETRIEVING_ASSISTANT = (
+    "- id: chat\n  retrieval: {enabled: true}\n  tools: [search_knowledge_base]\n"
+)
 
 
 class Receiver:
@@ -80,27 +84,21 @@ class Receiver:
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Receiver]]:
     receiver = Receiver()
-    run_dir = tmp_path_factory.mktemp("traced")
-    (run_dir / "assistants.yaml").write_text(
-        "- id: chat\n  retrieval: {enabled: true}\n  tools: [search_knowledge_base]\n"
-    )
-    config = StackConfig.ephemeral(
-        run_dir,
-        with_retriever=True,
-        llm_sim_args=["--reply-tokens", "12"],
-        service_env={
-            "ASSISTANTS_FILE": str(run_dir / "assistants.yaml"),
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        },
-    )
-    stack = Stack(config)
-    stack.up(timeout=240)
     try:
-        yield stack, receiver
+        with running_stack(
+            tmp_path_factory.mktemp("traced"),
+            timeout=240,
+            assistants=RETRIEVING_ASSISTANT,
+            with_retriever=True,
+            llm_sim_args=["--reply-tokens", "12"],
+            service_env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            },
+        ) as stack:
+            yield stack, receiver
     finally:
-        stack.down()
         receiver.server.shutdown()
 
 
