@@ -3,8 +3,6 @@ valid and invalid inputs alike, no 5xx, only documented status codes and content
 
 from __future__ import annotations
 
-import time
-
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -34,7 +32,6 @@ def test_no_server_errors_and_responses_match_the_schema(gw: str) -> None:
     session = requests.Session()
     failures: list[str] = []
     calls = 0
-    started = time.monotonic()
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode, examples in EXAMPLES.items():
@@ -63,4 +60,3 @@ def test_no_server_errors_and_responses_match_the_schema(gw: str) -> None:
                 failures.append(f"{operation.label} [{mode.value}]: {str(exc)[:1500]}")
     assert calls > 300, calls
     assert not failures, "\n\n".join(failures)
-    assert time.monotonic() - started < 90
