@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
+from cai_common.runs import TERMINAL_EVENTS
 from cai_devstack.fixtures import running_stack
 from cai_devstack.stack import Stack
 
@@ -19,6 +21,9 @@ REPLY_TOKENS = 40  # about 2 s per answer
 LEASE_SECONDS = 3
 ASSISTANTS = """
 - id: chat
+- id: slow
+  description: 150 ms a token (6 s an answer), so a second request surely finds it running
+  model_headers: {X-Sim-Token-Delay-Ms: "150"}
 - id: fail-500
   model_headers: {X-Sim-Fail-Status: "500"}
 - id: fail-429
@@ -28,7 +33,6 @@ ASSISTANTS = """
 - id: cut
   model_headers: {X-Sim-Cut-After: "3"}
 """
-TERMINAL = {"end", "error", "cancelled", "timeout"}
 Event = tuple[str, str, str]
 
 
@@ -87,9 +91,11 @@ async def read_events(
     json: object = None,
     headers: dict[str, str] | None = None,
     stop_after: int | None = None,
+    until: str | None = None,
     on_event: Callable[[Event], None] | None = None,
 ) -> tuple[list[Event], httpx.Headers]:
-    """Real events (heartbeats skipped) until the stream ends, fails, or `stop_after` is reached."""
+    """Real events (heartbeats skipped) until the stream ends, fails, `stop_after` events were
+    read, or an event named `until` arrived."""
     events: list[Event] = []
     response_headers = httpx.Headers()
     try:
@@ -109,6 +115,8 @@ async def read_events(
                     on_event(event)
                 if stop_after is not None and len(events) >= stop_after:
                     break
+                if until is not None and event[1] == until:
+                    break
     except (httpx.TransportError, httpx.RemoteProtocolError):
         pass  # the server went away: the caller resumes
     return events, response_headers
@@ -121,7 +129,7 @@ async def follow_to_end(
     deadline = time.monotonic() + timeout
     attempt = 0
     while time.monotonic() < deadline:
-        if seen and seen[-1][1] in TERMINAL:
+        if seen and seen[-1][1] in TERMINAL_EVENTS:
             return seen
         base = gateways[attempt % len(gateways)]
         attempt += 1
@@ -133,7 +141,7 @@ async def follow_to_end(
             more = []
         seen.extend(e for e in more if e[1] != "reconnect")
         if not more:
-            time.sleep(0.2)
+            await asyncio.sleep(0.2)
     raise AssertionError(f"run did not end within {timeout}s; last events: {seen[-3:]}")
 
 
