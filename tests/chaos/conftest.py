@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,13 +12,18 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
-from cai_devstack.stack import Stack, StackConfig
+from cai_common.runs import TERMINAL_EVENTS
+from cai_devstack.fixtures import running_stack
+from cai_devstack.stack import Stack
 
 TOKEN_DELAY_MS = 50
 REPLY_TOKENS = 40  # about 2 s per answer
 LEASE_SECONDS = 3
 ASSISTANTS = """
 - id: chat
+- id: slow
+  description: 150 ms a token (6 s an answer), so a second request surely finds it running
+  model_headers: {X-Sim-Token-Delay-Ms: "150"}
 - id: fail-500
   model_headers: {X-Sim-Fail-Status: "500"}
 - id: fail-429
@@ -27,7 +33,6 @@ ASSISTANTS = """
 - id: cut
   model_headers: {X-Sim-Cut-After: "3"}
 """
-TERMINAL = {"end", "error", "cancelled", "timeout"}
 Event = tuple[str, str, str]
 
 
@@ -40,11 +45,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack with redundancy, short leases and short drains, so failures recover quickly."""
-    run_dir = tmp_path_factory.mktemp("chaos")
-    assistants = run_dir / "assistants.yaml"
-    assistants.write_text(ASSISTANTS)
-    config = StackConfig.ephemeral(
-        run_dir,
+    with running_stack(
+        tmp_path_factory.mktemp("chaos"),
+        timeout=120,
+        assistants=ASSISTANTS,
         orchestrator_replicas=2,
         gateway_replicas=2,
         with_retriever=False,
@@ -52,20 +56,14 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "--token-delay-ms", str(TOKEN_DELAY_MS), "--reply-tokens", str(REPLY_TOKENS)
         ],
         service_env={
-            "ASSISTANTS_FILE": str(assistants),
             "LEASE_SECONDS": str(LEASE_SECONDS),
             "SHUTDOWN_GRACE_SECONDS": "1",
             "LLM_STALL_SECONDS": "1.5",
             "LLM_MAX_RETRIES": "1",
             "SSE_PING_SECONDS": "0.5",
         },
-    )  # fmt: skip
-    stack = Stack(config)
-    stack.up(timeout=120)
-    try:
+    ) as stack:  # fmt: skip
         yield stack
-    finally:
-        stack.down()
 
 
 def eventually(check: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> None:
@@ -93,9 +91,11 @@ async def read_events(
     json: object = None,
     headers: dict[str, str] | None = None,
     stop_after: int | None = None,
+    until: str | None = None,
     on_event: Callable[[Event], None] | None = None,
 ) -> tuple[list[Event], httpx.Headers]:
-    """Real events (heartbeats skipped) until the stream ends, fails, or `stop_after` is reached."""
+    """Real events (heartbeats skipped) until the stream ends, fails, `stop_after` events were
+    read, or an event named `until` arrived."""
     events: list[Event] = []
     response_headers = httpx.Headers()
     try:
@@ -115,6 +115,8 @@ async def read_events(
                     on_event(event)
                 if stop_after is not None and len(events) >= stop_after:
                     break
+                if until is not None and event[1] == until:
+                    break
     except (httpx.TransportError, httpx.RemoteProtocolError):
         pass  # the server went away: the caller resumes
     return events, response_headers
@@ -127,7 +129,7 @@ async def follow_to_end(
     deadline = time.monotonic() + timeout
     attempt = 0
     while time.monotonic() < deadline:
-        if seen and seen[-1][1] in TERMINAL:
+        if seen and seen[-1][1] in TERMINAL_EVENTS:
             return seen
         base = gateways[attempt % len(gateways)]
         attempt += 1
@@ -139,7 +141,7 @@ async def follow_to_end(
             more = []
         seen.extend(e for e in more if e[1] != "reconnect")
         if not more:
-            time.sleep(0.2)
+            await asyncio.sleep(0.2)
     raise AssertionError(f"run did not end within {timeout}s; last events: {seen[-3:]}")
 
 

@@ -16,7 +16,8 @@ from cai.v1 import common_pb2, retriever_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai.v1.retriever_pb2_grpc import RetrieverStub
-from cai_devstack.stack import Stack, StackConfig
+from cai_devstack.fixtures import running_stack
+from cai_devstack.stack import Stack
 
 ME = common_pb2.Principal(tenant_id="agent-tests")
 BUDGET = 300
@@ -53,20 +54,14 @@ DOC = (
 
 @pytest.fixture(scope="module")
 def agent_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    run_dir = tmp_path_factory.mktemp("agent")
-    (run_dir / "assistants.yaml").write_text(ASSISTANTS)
-    config = StackConfig.ephemeral(
-        run_dir,
+    with running_stack(
+        tmp_path_factory.mktemp("agent"),
+        timeout=240,
+        assistants=ASSISTANTS,
         with_retriever=True,
         llm_sim_args=["--reply-tokens", "30"],
-        service_env={"ASSISTANTS_FILE": str(run_dir / "assistants.yaml")},
-    )
-    stack = Stack(config)
-    stack.up(timeout=240)
-    try:
+    ) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture

@@ -14,9 +14,7 @@ import pytest
 
 from cai_gateway.app import create_app
 from cai_gateway.config import Settings
-from tests.e2e.test_gateway_fixtures import KEYS, auth, client, gw, gw_stack, question
-
-__all__ = ["gw", "gw_stack"]  # fixtures, imported for pytest
+from tests.e2e.support import KEYS, auth, client, question
 
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 OPERATIONS = sorted(

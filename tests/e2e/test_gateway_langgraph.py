@@ -13,17 +13,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
 
-from tests.e2e.test_gateway_fixtures import (
-    KEYS,
-    REPLY_TOKENS,
-    client,
-    eventually,
-    gw,
-    gw_stack,
-    question,
-)
-
-__all__ = ["gw", "gw_stack"]  # fixtures, imported for pytest
+from tests.e2e.support import GATEWAY_REPLY_TOKENS, KEYS, client, eventually, question
 
 
 @pytest.fixture
@@ -54,7 +44,7 @@ async def test_stream_all_supported_modes(sdk: LangGraphClient) -> None:
     assert {"metadata", "values", "updates", "messages", "end"} <= events
     state = await sdk.threads.get_state(thread["thread_id"])
     assert ai_text(parts) == state["values"]["messages"][-1]["content"]
-    assert len(ai_text(parts).split()) == REPLY_TOKENS
+    assert len(ai_text(parts).split()) == GATEWAY_REPLY_TOKENS
 
 
 async def test_unsupported_stream_mode_is_a_clear_422(sdk: LangGraphClient) -> None:
@@ -90,7 +80,7 @@ async def test_stateless_runs_stream_wait_and_leave_no_thread(sdk: LangGraphClie
             on_run_created=created.append,
         )
     ]
-    assert parts[-1].event == "end" and len(ai_text(parts).split()) == REPLY_TOKENS
+    assert parts[-1].event == "end" and len(ai_text(parts).split()) == GATEWAY_REPLY_TOKENS
     values = await sdk.runs.wait(None, "chat", input=question("stateless wait"))
     assert values["messages"][-1]["type"] == "ai"  # type: ignore[index]
     run = await sdk.runs.create(None, "chat", input=question("background"))
@@ -105,16 +95,27 @@ async def test_stateless_runs_stream_wait_and_leave_no_thread(sdk: LangGraphClie
     await eventually(finished)
 
 
-async def test_run_errors_come_back_as_error_events_and_error_bodies(sdk: LangGraphClient) -> None:
+async def test_run_errors_come_back_as_error_events_and_error_bodies(
+    gw: str, sdk: LangGraphClient
+) -> None:
     thread = await sdk.threads.create()
     parts = [p async for p in sdk.runs.stream(thread["thread_id"], "broken", input=question())]
     assert parts[-1].event == "error"
-    with pytest.raises(Exception, match="InternalServerError|500|rror"):
+    # /runs/wait answers 200 with LangGraph Server's `__error__` body; the SDK raises it as a bare
+    # Exception "<error>: <message>" (a 5xx would be an APIStatusError instead).
+    with pytest.raises(Exception) as raised:
         await sdk.runs.wait(thread["thread_id"], "broken", input=question())
+    assert type(raised.value) is Exception
     unknown = await sdk.runs.wait(
         thread["thread_id"], "broken", input=question(), raise_error=False
     )
-    assert set(unknown["__error__"]) >= {"error", "message"}  # type: ignore[index]
+    error = unknown["__error__"]  # type: ignore[index]
+    assert str(raised.value) == f"{error['error']}: {error['message']}"
+    assert "Error code: 500" in str(raised.value)  # the model's status, named
+    async with client(gw) as http:
+        body = {"assistant_id": "broken", "input": question()}
+        waited = await http.post(f"/threads/{thread['thread_id']}/runs/wait", json=body)
+    assert waited.status_code == 200 and waited.json()["__error__"]["error"] == error["error"]
 
 
 async def test_if_not_exists_and_multitask_strategies(sdk: LangGraphClient) -> None:
@@ -343,7 +344,7 @@ async def test_sdk_stream_reconnects_after_a_dropped_connection(
     # Nothing lost, nothing repeated: the tokens spell the stored answer exactly.
     state = await sdk.threads.get_state(tid)
     assert ai_text(parts) == state["values"]["messages"][-1]["content"]
-    assert len(ai_text(parts).split()) == REPLY_TOKENS
+    assert len(ai_text(parts).split()) == GATEWAY_REPLY_TOKENS
 
 
 async def test_sdk_wait_reconnects_to_join_after_a_dropped_connection(

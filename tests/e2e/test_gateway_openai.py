@@ -9,9 +9,7 @@ import pytest
 from langgraph_sdk import get_client
 from openai import AsyncOpenAI
 
-from tests.e2e.test_gateway_fixtures import KEYS, REPLY_TOKENS, client, gw, gw_stack
-
-__all__ = ["gw", "gw_stack"]  # fixtures, imported for pytest
+from tests.e2e.support import GATEWAY_REPLY_TOKENS, KEYS, client
 
 HELLO = [{"role": "user", "content": "How does Cai resume a stream?"}]
 
@@ -34,8 +32,8 @@ async def test_completion_not_streamed(oai: AsyncOpenAI) -> None:
     reply = await oai.chat.completions.create(model="chat", messages=HELLO)  # type: ignore[arg-type]
     assert reply.object == "chat.completion" and reply.model == "chat"
     content = reply.choices[0].message.content or ""
-    assert len(content.split()) == REPLY_TOKENS and reply.choices[0].finish_reason == "stop"
-    assert reply.usage is not None and reply.usage.completion_tokens == REPLY_TOKENS
+    assert len(content.split()) == GATEWAY_REPLY_TOKENS and reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.completion_tokens == GATEWAY_REPLY_TOKENS
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
 
 
@@ -48,12 +46,12 @@ async def test_streaming_with_usage(oai: AsyncOpenAI) -> None:
     )
     chunks = [c async for c in stream]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert len(text.split()) == REPLY_TOKENS
+    assert len(text.split()) == GATEWAY_REPLY_TOKENS
     assert chunks[0].choices[0].delta.role == "assistant"
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == "stop" and finishes.count("stop") == 1
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert chunks[-1].usage.completion_tokens == REPLY_TOKENS
+    assert chunks[-1].usage.completion_tokens == GATEWAY_REPLY_TOKENS
     assert all(c.usage is None for c in chunks[:-1])
     assert len({c.id for c in chunks}) == 1
 

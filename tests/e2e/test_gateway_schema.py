@@ -3,8 +3,6 @@ valid and invalid inputs alike, no 5xx, only documented status codes and content
 
 from __future__ import annotations
 
-import time
-
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -17,9 +15,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.e2e.test_gateway_fixtures import KEYS, gw, gw_stack
-
-__all__ = ["gw", "gw_stack"]  # fixtures, imported for pytest
+from tests.e2e.support import KEYS
 
 EXAMPLES = {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 8}
 CHECKS = [
@@ -36,7 +32,6 @@ def test_no_server_errors_and_responses_match_the_schema(gw: str) -> None:
     session = requests.Session()
     failures: list[str] = []
     calls = 0
-    started = time.monotonic()
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode, examples in EXAMPLES.items():
@@ -65,4 +60,3 @@ def test_no_server_errors_and_responses_match_the_schema(gw: str) -> None:
                 failures.append(f"{operation.label} [{mode.value}]: {str(exc)[:1500]}")
     assert calls > 300, calls
     assert not failures, "\n\n".join(failures)
-    assert time.monotonic() - started < 90

@@ -9,9 +9,7 @@ import orjson
 from httpx_sse import aconnect_sse
 from langgraph_sdk import get_client
 
-from tests.e2e.test_gateway_fixtures import KEYS, REPLY_TOKENS, client, eventually, gw, gw_stack
-
-__all__ = ["gw", "gw_stack"]  # fixtures, imported for pytest
+from tests.e2e.support import GATEWAY_REPLY_TOKENS, KEYS, client, eventually
 
 TaskEvent = tuple[str, str, object]  # (id, type, data)
 
@@ -50,7 +48,7 @@ async def test_a_task_streams_tokens_then_done(gw: str) -> None:
         kinds = [k for _, k, _ in events]
         assert kinds[-1] == "done" and kinds.count("done") == 1
         assert "status" in kinds  # "generating" and friends reach the client
-        assert len(tokens(events).split()) == REPLY_TOKENS
+        assert len(tokens(events).split()) == GATEWAY_REPLY_TOKENS
         ids = [tuple(int(x) for x in i.split("-")) for i, _, _ in events]
         assert ids == sorted(ids) and len(set(ids)) == len(ids)
         status = (await http.get(f"/chat/{body['task_id']}/status")).json()
@@ -85,7 +83,7 @@ async def test_stop_ends_the_stream_with_stopped(gw: str) -> None:
                     assert stopped.json()["status"] == "stopped"
         kinds = [k for _, k, _ in seen]
         assert kinds[-1] == "stopped" and "done" not in kinds
-        assert len(tokens(seen).split()) < REPLY_TOKENS  # the answer was cut short
+        assert len(tokens(seen).split()) < GATEWAY_REPLY_TOKENS  # the answer was cut short
         assert (await http.get(f"/chat/{task_id}/status")).json()["status"] == "stopped"
         # Stopping a finished task changes nothing.
         again = await http.post(f"/chat/{task_id}/stop")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 
 import httpx
@@ -10,7 +11,8 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
-from cai_devstack.stack import Stack, StackConfig
+from cai_devstack.fixtures import running_stack
+from cai_devstack.stack import Stack
 
 ASSISTANTS = """
 - id: chat
@@ -21,24 +23,15 @@ ASSISTANTS = """
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    run_dir = tmp_path_factory.mktemp("limits")
-    (run_dir / "assistants.yaml").write_text(ASSISTANTS)
-    config = StackConfig.ephemeral(
-        run_dir,
+    with running_stack(
+        tmp_path_factory.mktemp("limits"),
+        timeout=120,
+        assistants=ASSISTANTS,
         with_retriever=False,
         llm_sim_args=["--token-delay-ms", "25", "--reply-tokens", "20"],
-        service_env={
-            "MAX_CONCURRENT_RUNS": "1",
-            "RUN_TIMEOUT_SECONDS": "2",
-            "ASSISTANTS_FILE": str(run_dir / "assistants.yaml"),
-        },
-    )
-    stack = Stack(config)
-    stack.up(timeout=120)
-    try:
+        service_env={"MAX_CONCURRENT_RUNS": "1", "RUN_TIMEOUT_SECONDS": "2"},
+    ) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 async def final_event(http: httpx.AsyncClient, run_path: str) -> tuple[str, dict[str, object]]:
@@ -50,8 +43,27 @@ async def final_event(http: httpx.AsyncClient, run_path: str) -> tuple[str, dict
     return last[0], orjson.loads(last[1]) or {}
 
 
+async def executed_between(http: httpx.AsyncClient, run_path: str) -> tuple[int, int]:
+    """When (Redis ms) the run's attempt wrote its first and its terminal event."""
+    ids = []
+    async with aconnect_sse(http, "GET", f"{run_path}/stream") as source:
+        async for sse in source.aiter_sse():
+            if sse.data:
+                ids.append(tuple(int(x) for x in sse.id.split("-")))
+    return ids[0][0], ids[-1][0]
+
+
+async def runs_in_flight(http: httpx.AsyncClient, metrics_url: str) -> float:
+    """The orchestrator's `cai_runs_in_flight` gauge."""
+    for line in (await http.get(metrics_url)).text.splitlines():
+        if line.startswith("cai_runs_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("cai_runs_in_flight is not exported")
+
+
 async def test_runs_beyond_the_limit_wait_in_the_queue_with_a_position(limited: Stack) -> None:
     base = limited.gateway_url()
+    metrics_url = f"http://127.0.0.1:{limited.config.orchestrator_metrics_port}/metrics"
     q = {"messages": [{"role": "user", "content": "hi"}]}
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         paths = []
@@ -62,10 +74,22 @@ async def test_runs_beyond_the_limit_wait_in_the_queue_with_a_position(limited: 
         last = (await http.get(paths[-1])).json()
         assert last["status"] == "pending"
         assert last["queue"]["position"] >= 1 and last["queue"]["age_seconds"] >= 0
-        results = await asyncio.gather(*(final_event(http, p) for p in paths))
+        # Sample the replica's in-flight gauge until every run has ended.
+        finals = asyncio.gather(*(final_event(http, p) for p in paths))
+        in_flight = []
+        while not finals.done():
+            in_flight.append(await runs_in_flight(http, metrics_url))
+            await asyncio.sleep(0.02)
+        results = await finals
         assert [event for event, _ in results] == ["end", "end", "end"]
         statuses = [(await http.get(p)).json()["status"] for p in paths]
         assert statuses == ["success"] * 3
+        assert max(in_flight) == 1, in_flight  # MAX_CONCURRENT_RUNS=1, and a run was seen running
+        # Each run's log spans its execution (first event to terminal event, in Redis time):
+        # with one run at a time, the spans follow each other without overlapping.
+        spans = sorted([await executed_between(http, p) for p in paths])
+        for earlier, later in itertools.pairwise(spans):
+            assert earlier[1] <= later[0], spans
 
 
 async def test_a_run_past_its_deadline_ends_in_timeout(limited: Stack) -> None:

@@ -11,8 +11,10 @@ import pytest
 from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
+from cai_devstack.fixtures import running_stack
 from cai_devstack.postgres import create_database, drop_database
-from cai_devstack.stack import Stack, StackConfig
+from cai_devstack.stack import Stack
+from tests.e2e.support import ASSISTANTS
 
 ME = common_pb2.Principal(tenant_id="pg")
 
@@ -20,18 +22,17 @@ ME = common_pb2.Principal(tenant_id="pg")
 @pytest.fixture(scope="module")
 def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     url = create_database()
-    config = StackConfig.ephemeral(
-        tmp_path_factory.mktemp("pg"),
-        with_retriever=False,
-        llm_sim_args=["--reply-tokens", "10"],
-        service_env={"CHECKPOINT_URL": url},
-    )
-    stack = Stack(config)
-    stack.up(timeout=120)
     try:
-        yield stack
+        with running_stack(
+            tmp_path_factory.mktemp("pg"),
+            timeout=120,
+            assistants=ASSISTANTS,
+            with_retriever=False,
+            llm_sim_args=["--reply-tokens", "10"],
+            service_env={"CHECKPOINT_URL": url},
+        ) as stack:
+            yield stack
     finally:
-        stack.down()
         drop_database(url)
 
 

@@ -8,18 +8,20 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from cai_devstack.stack import Stack, StackConfig
+from cai_devstack.fixtures import running_stack
+from cai_devstack.stack import Stack
+from tests.e2e.support import ASSISTANTS
 
 
 @pytest.fixture
 def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    config = StackConfig.ephemeral(tmp_path_factory.mktemp("recovery"), with_retriever=False)
-    s = Stack(config)
-    s.up(timeout=120)
-    try:
+    with running_stack(
+        tmp_path_factory.mktemp("recovery"),
+        timeout=120,
+        assistants=ASSISTANTS,
+        with_retriever=False,
+    ) as s:
         yield s
-    finally:
-        s.down()
 
 
 def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:

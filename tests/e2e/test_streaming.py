@@ -10,8 +10,9 @@ import pytest
 from httpx_sse import EventSource, aconnect_sse
 from langgraph_sdk import get_client
 
+from cai_common.runs import END, TERMINAL_EVENTS
 from cai_devstack.stack import Stack
-from tests.e2e.conftest import REPLY_TOKENS
+from tests.e2e.support import REPLY_TOKENS
 
 QUESTION = {"messages": [{"role": "user", "content": "How does Cai resume a stream?"}]}
 
@@ -39,6 +40,8 @@ async def test_sdk_stream_delivers_every_token_in_order(gateway: str) -> None:
     ]
     events = [p.event for p in parts]
     assert events[0] == "metadata" and events[-1] == "end"
+    # The stack's assistant does not retrieve: the run went straight to the model.
+    assert [p.data["status"] for p in parts if p.event == "status"] == ["generating"]
     streamed = "".join(p.data[0]["content"] for p in parts if p.event == "messages")
     state = await client.threads.get_state(thread["thread_id"])
     messages = state["values"]["messages"]
@@ -89,13 +92,24 @@ async def test_disconnect_and_resume_with_last_event_id_loses_and_repeats_nothin
 
 async def test_sdk_join_stream_resumes_from_last_event_id(gateway: str) -> None:
     client = get_client(url=gateway)
-    thread = await client.threads.create()
-    run = await client.runs.create(
-        thread["thread_id"], "chat", input=QUESTION, stream_mode="messages-tuple"
-    )
-    all_parts = [p async for p in client.runs.join_stream(thread["thread_id"], run["run_id"])]
-    assert all_parts[-1].event == "end"
-    assert (await client.runs.get(thread["thread_id"], run["run_id"]))["status"] == "success"
+    tid = (await client.threads.create())["thread_id"]
+    run = await client.runs.create(tid, "chat", input=QUESTION, stream_mode="messages-tuple")
+    first = []
+    joined = client.runs.join_stream(tid, run["run_id"])
+    async for part in joined:
+        first.append(part)
+        if len(first) == 5:
+            break
+    await joined.aclose()  # the client drops the connection mid-stream
+    assert first[-1].event not in TERMINAL_EVENTS and all(p.id for p in first)
+    rest = [
+        p async for p in client.runs.join_stream(tid, run["run_id"], last_event_id=first[-1].id)
+    ]
+    assert rest[-1].event == END
+    # The whole log, replayed from the start once the run is over, is exactly first + rest.
+    full = [p async for p in client.runs.join_stream(tid, run["run_id"])]
+    assert first + rest == full
+    assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
 
 
 async def test_heartbeat_comments_keep_idle_streams_alive(gateway: str) -> None:

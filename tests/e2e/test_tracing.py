@@ -7,6 +7,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,10 +19,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from cai_devstack.fixtures import running_stack
 from cai_devstack.procs import free_port
-from cai_devstack.stack import Stack, StackConfig
+from cai_devstack.stack import Stack
 
 Span = dict[str, object]
+RETRIEVING_ASSISTANT = (
+    "- id: chat\n  retrieval: {enabled: true}\n  tools: [search_knowledge_base]\n"
+)
 
 
 class Receiver:
@@ -80,27 +85,21 @@ class Receiver:
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Receiver]]:
     receiver = Receiver()
-    run_dir = tmp_path_factory.mktemp("traced")
-    (run_dir / "assistants.yaml").write_text(
-        "- id: chat\n  retrieval: {enabled: true}\n  tools: [search_knowledge_base]\n"
-    )
-    config = StackConfig.ephemeral(
-        run_dir,
-        with_retriever=True,
-        llm_sim_args=["--reply-tokens", "12"],
-        service_env={
-            "ASSISTANTS_FILE": str(run_dir / "assistants.yaml"),
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        },
-    )
-    stack = Stack(config)
-    stack.up(timeout=240)
     try:
-        yield stack, receiver
+        with running_stack(
+            tmp_path_factory.mktemp("traced"),
+            timeout=240,
+            assistants=RETRIEVING_ASSISTANT,
+            with_retriever=True,
+            llm_sim_args=["--reply-tokens", "12"],
+            service_env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            },
+        ) as stack:
+            yield stack, receiver
     finally:
-        stack.down()
         receiver.server.shutdown()
 
 
@@ -198,4 +197,31 @@ def test_logs_are_json_with_run_thread_and_trace_ids(traced: tuple[Stack, Receiv
     for record in finished:
         assert record["run_id"] and record["thread_id"] and record["tenant"]
         assert len(record["trace_id"]) == 32 and len(record["span_id"]) == 16
-    assert not [r for r in records if "content" in json.dumps(r) and r["level"] == "INFO"]
+
+
+def test_no_service_log_holds_the_message_text(traced: tuple[Stack, Receiver]) -> None:
+    stack, _ = traced
+    secret = f"my locker code is {uuid.uuid4().hex}"
+    with httpx.Client(base_url=stack.gateway_url(), timeout=60) as http:
+        tid = http.post("/threads", json={}).json()["thread_id"]
+        body = {"input": {"messages": [{"role": "user", "content": secret}]}}
+        assert http.post(f"/threads/{tid}/runs/wait", json=body).status_code == 200
+        # The prompt reached the model and the thread: the text was there to be logged.
+        messages = http.get(f"/threads/{tid}/state").json()["values"]["messages"]
+    assert messages[0]["content"] == secret
+    logs = stack.config.run_dir / "logs"
+    services = ["gateway.log", "orchestrator.log", "retriever.log"]
+
+    def logged_the_finished_run() -> bool:
+        lines = (logs / "orchestrator.log").read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        return any(
+            r.get("message") == "run finished" and r.get("thread_id") == tid for r in records
+        )
+
+    deadline = time.monotonic() + 20
+    while not logged_the_finished_run():
+        assert time.monotonic() < deadline, "the orchestrator never logged the run"
+        time.sleep(0.1)
+    for name in services:
+        assert secret.split()[-1] not in (logs / name).read_text(), f"{name} logs message text"

@@ -39,13 +39,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def running_stack(run_dir: Path, timeout: float = 180.0, **config: Any) -> Iterator[Stack]:
+def running_stack(
+    run_dir: Path, timeout: float = 180.0, *, assistants: str | None = None, **config: Any
+) -> Iterator[Stack]:
     """A whole Cai stack on free ports, up for the `with` block and stopped after it.
 
     The one way tests start a full stack: `config` takes any StackConfig field (replicas,
-    `service_env`, `llm_sim_args`, `with_retriever`, ...). Use it inside a fixture of the scope
-    the stack should live for.
+    `service_env`, `llm_sim_args`, `with_retriever`, ...). `assistants` is the YAML of an
+    assistants file: it is written into `run_dir` and every service gets `ASSISTANTS_FILE`.
+    Use it inside a fixture of the scope the stack should live for.
     """
+    if assistants is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "assistants.yaml"
+        path.write_text(assistants)
+        config["service_env"] = {**config.get("service_env", {}), "ASSISTANTS_FILE": str(path)}
     stack = Stack(StackConfig.ephemeral(run_dir, **config))
     stack.up(timeout=timeout)
     try:

@@ -1,8 +1,6 @@
-"""The gateway end-to-end suites' shared stack: real processes, API keys, no anonymous access.
+"""What the e2e suites share besides fixtures: the stacks' settings, API keys and small helpers.
 
-This module holds no tests. The stack is started once per test session however many gateway
-modules import the fixture (pytest registers an imported fixture once per module; the stack is a
-process-wide singleton behind it).
+The fixtures themselves live in `conftest.py`; tests import only these plain names.
 """
 
 from __future__ import annotations
@@ -10,18 +8,27 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
-import pytest
 
-from cai_devstack.stack import Stack, StackConfig
 from cai_gateway.auth import hash_key
 
-REPLY_TOKENS = 30
+# -- the default stack (fixtures `stack`, `gateway`): anonymous access --------------------------
+REPLY_TOKENS = 40
+# Its one assistant answers without retrieval: the stack runs no retriever, and a run of an
+# assistant that retrieves would take the `retrieval_failed` path (tests/e2e/test_agent.py and
+# test_tracing.py cover retrieval with a real retriever).
 ASSISTANTS = """
+- id: chat
+  name: Chat
+  description: answers without retrieval
+"""
+
+# -- the gateway suites' stack (fixtures `gw_stack`, `gw`): API keys, no anonymous access -------
+GATEWAY_REPLY_TOKENS = 30
+GATEWAY_ASSISTANTS = """
 - id: chat
   name: Chat
   metadata: {tier: default}
@@ -69,59 +76,6 @@ keys:
     max_concurrent_streams: 1
   - {{id: fuzz, tenant: tenant-f, sha256: "{hash_key(keys.fuzz)}"}}
 """
-
-
-_STACK: Stack | None = None
-
-
-def _start(run_dir: Path) -> Stack:
-    (run_dir / "api-keys.yaml").write_text(keys_yaml())
-    (run_dir / "assistants.yaml").write_text(ASSISTANTS)
-    config = StackConfig.ephemeral(
-        run_dir,
-        with_retriever=False,
-        allow_anonymous=False,
-        llm_sim_args=["--token-delay-ms", "5", "--reply-tokens", str(REPLY_TOKENS)],
-        service_env={
-            "API_KEYS_FILE": str(run_dir / "api-keys.yaml"),
-            "ASSISTANTS_FILE": str(run_dir / "assistants.yaml"),
-            "SSE_PING_SECONDS": "0.2",
-            "RATE_LIMIT_PER_SECOND": "200",
-            "RATE_LIMIT_BURST": "2000",
-            "MAX_CONCURRENT_STREAMS": "50",
-            "STREAM_SLOT_TTL_SECONDS": "6",
-            "MAX_BODY_BYTES": "65536",
-            "MAX_MESSAGE_CHARS": "4000",
-            "MAX_MESSAGES": "50",
-            "CORS_ORIGINS": "https://app.example.com",
-            "LLM_MAX_RETRIES": "0",
-            "SHUTDOWN_GRACE_SECONDS": "1",
-        },
-    )
-    stack = Stack(config)
-    stack.up(timeout=120)
-    return stack
-
-
-@pytest.fixture(scope="session")
-def gw_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The gateway suites' stack (started once, stopped at the end of the session)."""
-    global _STACK
-    owner = _STACK is None
-    if _STACK is None:
-        _STACK = _start(tmp_path_factory.mktemp("gateway-e2e"))
-    try:
-        yield _STACK
-    finally:
-        if owner and _STACK is not None:
-            _STACK.down()
-            _STACK = None
-
-
-@pytest.fixture(scope="session")
-def gw(gw_stack: Stack) -> str:
-    """Base URL of the gateway."""
-    return gw_stack.gateway_url()
 
 
 def auth(key: str, style: str = "bearer") -> dict[str, str]:
