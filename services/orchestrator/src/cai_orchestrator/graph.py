@@ -3,13 +3,12 @@
 Every model call sees the assistant's system prompt, the passages retrieved for the current turn
 and the thread's history trimmed to the assistant's token budget. Tools run with a timeout; a
 failing tool becomes a tool error message the model can react to, not a crash. Tools that require
-approval pause the run with `interrupt()` until a person approves or rejects the call.
+approval pause the run with `interrupt()` until a person approves or rejects the call (`toolbox`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from langchain_core.messages import (
@@ -21,28 +20,19 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import BaseTool, StructuredTool
+from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_stream_writer
 from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.prebuilt import ToolNode
-from langgraph.types import interrupt
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from cai_orchestrator import metrics
-from cai_orchestrator.assistants import DEFAULT, Assistant, Assistants, ToolSpec
+from cai_orchestrator.assistants import DEFAULT, Assistant, Assistants
 from cai_orchestrator.llm import ModelFactory
 from cai_orchestrator.retrieval import RetrieverClient, RetrieverError
-from cai_orchestrator.tools import (
-    BUILTINS,
-    STATUS_MESSAGES,
-    ToolLoadError,
-    load_import_path,
-    with_timeout,
-)
+from cai_orchestrator.toolbox import Toolbox, status
 
 log = logging.getLogger(__name__)
 TRACER = trace.get_tracer("cai.orchestrator")
@@ -60,30 +50,13 @@ class AgentState(MessagesState):
     context: list[dict[str, str]]
 
 
-def status(kind: str, message: str, **extra: Any) -> None:
-    """Emit a `status` event so a UI never sits on a silent spinner."""
-    get_stream_writer()({"cai_event": "status", "status": kind, "message": message, **extra})
-
-
 def tokens(messages: list[AnyMessage]) -> int:
     """Approximate token count (about four characters a token) of messages."""
     return int(count_tokens_approximately(messages)) if messages else 0
 
 
-def approval_decision(value: Any) -> tuple[bool, str]:
-    """Read a resume value: True/"approve"/{"approved": true}/{"action": "approve"} approve."""
-    if isinstance(value, dict):
-        reason = str(value.get("reason", ""))
-        if "approved" in value:
-            return bool(value["approved"]), reason
-        value = value.get("action", "")
-    if isinstance(value, bool):
-        return value, ""
-    return str(value).lower() in ("approve", "approved", "yes", "accept"), ""
-
-
 class Agent:
-    """Builds the graph and the per-assistant tools."""
+    """Builds the graph; its `Toolbox` loads and wraps the per-assistant tools."""
 
     def __init__(
         self, models: ModelFactory, assistants: Assistants, retriever: RetrieverClient
@@ -91,8 +64,7 @@ class Agent:
         self.models = models
         self.assistants = assistants
         self.retriever = retriever
-        self._tools: dict[str, list[BaseTool]] = {}
-        self._tool_nodes: dict[str, ToolNode] = {}
+        self.toolbox = Toolbox(assistants, retriever)
 
     def assistant(self, config: RunnableConfig) -> Assistant:
         """The run's assistant."""
@@ -105,71 +77,11 @@ class Agent:
         Raises:
             ToolLoadError: a tool cannot be loaded.
         """
-        if assistant.id not in self._tools:
-            self._tools[assistant.id] = [self._load(assistant, spec) for spec in assistant.tools]
-        return self._tools[assistant.id]
+        return self.toolbox.tools_for(assistant)
 
     def check_tools(self) -> None:
         """Load every assistant's tools now, so a bad tool fails start-up, not a run."""
-        for assistant in self.assistants.by_id.values():
-            self.tools_for(assistant)
-
-    def _load(self, assistant: Assistant, spec: ToolSpec) -> BaseTool:
-        if spec.import_path:
-            base = load_import_path(spec.import_path)
-        elif spec.name in BUILTINS:
-            r = assistant.retrieval
-            base = BUILTINS[spec.name](self.retriever, r.collection, r.k, r.score_threshold)
-        else:
-            raise ToolLoadError(
-                f"assistant {assistant.id}: unknown built-in tool {spec.name!r} "
-                f"(built-ins: {sorted(BUILTINS)}; other tools need an import path)"
-            )
-        timed = with_timeout(base, spec.timeout_seconds)
-        return self._announced(timed, spec)
-
-    @staticmethod
-    def _announced(inner: BaseTool, spec: ToolSpec) -> BaseTool:
-        """Status events around the call, and the approval pause where required."""
-        name = inner.name
-
-        async def run(config: RunnableConfig, **kwargs: Any) -> Any:
-            if spec.requires_approval:
-                decision = interrupt(
-                    {"type": "tool_approval", "tool": name, "args": kwargs,
-                     "message": f"Approve calling {name}?"}
-                )  # fmt: skip
-                approved, reason = approval_decision(decision)
-                if not approved:
-                    status("tool_rejected", f"{name} was not approved", tool=name)
-                    return f"The user rejected this call to {name}. {reason}".strip()
-            status("tool_start", STATUS_MESSAGES.get(name, f"Calling tool {name}…"), tool=name)
-            started = time.monotonic()
-            outcome = "error"
-            span = TRACER.start_span(
-                f"execute_tool {name}",
-                kind=SpanKind.INTERNAL,
-                attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name},
-            )
-            try:
-                with trace.use_span(span, end_on_exit=False):
-                    result = await inner.ainvoke(kwargs, config)
-                outcome = "ok"
-                return result
-            except TimeoutError:
-                outcome = "timeout"
-                raise
-            finally:
-                span.set_attribute("cai.tool_outcome", outcome)
-                span.end()
-                metrics.TOOL_CALLS.labels(name, outcome).inc()
-                metrics.TOOL_DURATION.labels(name).observe(time.monotonic() - started)
-                status("tool_end", f"{name} finished", tool=name, outcome=outcome)
-
-        return StructuredTool.from_function(
-            coroutine=run, name=name, description=inner.description,
-            args_schema=inner.args_schema,  # type: ignore[arg-type]
-        )  # fmt: skip
+        self.toolbox.check_tools()
 
     # -- nodes ------------------------------------------------------------------------------
 
@@ -306,12 +218,7 @@ class Agent:
 
     async def tools(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         """Execute the requested tool calls (ToolNode; errors become tool messages)."""
-        assistant = self.assistant(config)
-        node = self._tool_nodes.get(assistant.id)
-        if node is None:
-            node = self._tool_nodes[assistant.id] = ToolNode(
-                self.tools_for(assistant), handle_tool_errors=_tool_error
-            )
+        node = self.toolbox.node_for(self.assistant(config))
         result: dict[str, Any] = await node.ainvoke(state, config)
         return result
 
@@ -328,8 +235,3 @@ class Agent:
         builder.add_conditional_edges("agent", self.route_after_agent, ["tools", END])
         builder.add_edge("tools", "agent")
         return builder.compile(checkpointer=checkpointer)
-
-
-def _tool_error(exc: Exception) -> str:
-    """What the model reads when a tool fails (the run goes on)."""
-    return f"Error: the tool failed: {type(exc).__name__}: {exc}"

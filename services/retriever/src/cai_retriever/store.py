@@ -1,9 +1,6 @@
 """The vector store: Qdrant collections shared by tenants, every point tagged with its tenant.
 
-With `QDRANT_URL` the async client talks to a Qdrant server. Otherwise Qdrant runs embedded
-("local mode") in this process, persisted under `QDRANT_PATH`. Local mode is pure Python that
-runs synchronously, so here it is driven from one dedicated thread to keep the event loop free;
-it is also single-process (a lock file guards the folder), so only one retriever may use a path.
+The connection itself (a Qdrant server, or Qdrant embedded in this process) is in `qdrant`.
 """
 
 from __future__ import annotations
@@ -11,16 +8,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 from typing import Any
 
-from qdrant_client import AsyncQdrantClient, QdrantClient, models
+from qdrant_client import models
 
-from cai_retriever.errors import FailedPrecondition, NotFound, Unavailable
+from cai_retriever.errors import FailedPrecondition, NotFound
 from cai_retriever.models import Passage
+from cai_retriever.qdrant import QdrantConnection
 
 log = logging.getLogger(__name__)
 
@@ -69,47 +64,40 @@ def tenant_filter(
     return models.Filter(must=must)
 
 
-class _LocalClient:
-    """The synchronous embedded Qdrant, called from a single dedicated thread."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-local")
-        self._client: QdrantClient | None = None
-
-    async def call(self, method: str, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(self._call, method, kwargs))
-
-    def _call(self, method: str, kwargs: dict[str, Any]) -> Any:
-        if self._client is None:
-            Path(self._path).mkdir(parents=True, exist_ok=True)
-            self._client = QdrantClient(path=self._path)
-        return getattr(self._client, method)(**kwargs)
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self.call("close")
-        self._executor.shutdown(wait=True)
+def payload_indexes(metadata_index_fields: Sequence[str]) -> list[tuple[str, Any]]:
+    """The payload indexes of a collection: tenant (as Qdrant's tenant index), ids, filter keys."""
+    keyword = models.PayloadSchemaType.KEYWORD
+    return [
+        (
+            TENANT,
+            models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+        ),
+        (DOCUMENT, keyword),
+        (INDEX, models.PayloadSchemaType.INTEGER),
+        ("source", keyword),
+        ("content_type", keyword),
+        *((f"metadata.{key}", keyword) for key in metadata_index_fields),
+    ]
 
 
-class _RemoteClient:
-    """The async client of a Qdrant server."""
+def to_passage(point: models.ScoredPoint) -> Passage:
+    """A search hit as a passage; `section` joins the metadata unless the metadata has one."""
+    payload = point.payload or {}
+    metadata = {str(k): str(v) for k, v in (payload.get("metadata") or {}).items()}
+    if payload.get("section"):
+        metadata.setdefault("section", str(payload["section"]))
+    return Passage(
+        text=str(payload.get("text", "")),
+        score=float(point.score),
+        document_id=str(payload.get(DOCUMENT, "")),
+        chunk_id=str(point.id),
+        title=str(payload.get("title", "")),
+        source=str(payload.get("source", "")),
+        metadata=metadata,
+    )
 
-    def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
-        # The version check is a blocking request in the constructor; skip it on the event loop.
-        self._client = AsyncQdrantClient(
-            url=url, api_key=api_key, timeout=int(timeout), check_compatibility=False
-        )
 
-    async def call(self, method: str, **kwargs: Any) -> Any:
-        return await getattr(self._client, method)(**kwargs)
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-class VectorStore:
+class VectorStore(QdrantConnection):
     """Tenant-scoped operations over Qdrant collections.
 
     Args:
@@ -128,44 +116,10 @@ class VectorStore:
         timeout: float = 10.0,
         metadata_index_fields: Sequence[str] = (),
     ) -> None:
-        self.local = not url
-        self.location = path if self.local else url
-        self._client: _LocalClient | _RemoteClient = (
-            _LocalClient(path) if self.local else _RemoteClient(url, api_key, timeout)
-        )
+        super().__init__(url, path, api_key, timeout)
         self._metadata_index_fields = list(metadata_index_fields)
         self._vector_sizes: dict[str, int] = {}
         self._create_lock = asyncio.Lock()
-
-    async def _call(self, method: str, **kwargs: Any) -> Any:
-        try:
-            return await self._client.call(method, **kwargs)
-        except (NotFound, FailedPrecondition):
-            raise
-        except Exception as exc:  # any client/transport error means Qdrant did not serve us
-            log.warning("qdrant call failed", extra={"method": method, "error": repr(exc)})
-            raise Unavailable(f"vector store unavailable ({method}): {exc}") from exc
-
-    async def open(self) -> None:
-        """Open the embedded store now, so a folder locked by another process fails loudly.
-
-        Raises:
-            RuntimeError: local mode, and another process holds `QDRANT_PATH`.
-        """
-        if isinstance(self._client, _LocalClient):
-            await self._client.call("get_collections")
-
-    async def ping(self) -> bool:
-        """True if Qdrant answers a cheap request."""
-        try:
-            await self._call("get_collections")
-        except Unavailable:
-            return False
-        return True
-
-    async def close(self) -> None:
-        """Close the client (and release the local-mode folder lock)."""
-        await self._client.close()
 
     async def list_collections(self) -> list[str]:
         """Names of all collections."""
@@ -217,19 +171,7 @@ class VectorStore:
         log.info("collection created", extra={"collection": collection, "dimension": dimension})
         if self.local:
             return  # local mode scans every point; payload indexes have no effect there
-        keyword = models.PayloadSchemaType.KEYWORD
-        indexes: list[tuple[str, Any]] = [
-            (
-                TENANT,
-                models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
-            ),
-            (DOCUMENT, keyword),
-            (INDEX, models.PayloadSchemaType.INTEGER),
-            ("source", keyword),
-            ("content_type", keyword),
-            *((f"metadata.{key}", keyword) for key in self._metadata_index_fields),
-        ]
-        for field, schema in indexes:
+        for field, schema in payload_indexes(self._metadata_index_fields):
             await self._call(
                 "create_payload_index",
                 collection_name=collection,
@@ -317,24 +259,7 @@ class VectorStore:
             score_threshold=score_threshold,
             with_payload=True,
         )
-        passages = []
-        for point in reply.points:
-            payload = point.payload or {}
-            metadata = {str(k): str(v) for k, v in (payload.get("metadata") or {}).items()}
-            if payload.get("section"):
-                metadata.setdefault("section", str(payload["section"]))
-            passages.append(
-                Passage(
-                    text=str(payload.get("text", "")),
-                    score=float(point.score),
-                    document_id=str(payload.get(DOCUMENT, "")),
-                    chunk_id=str(point.id),
-                    title=str(payload.get("title", "")),
-                    source=str(payload.get("source", "")),
-                    metadata=metadata,
-                )
-            )
-        return passages
+        return [to_passage(point) for point in reply.points]
 
     async def tenant_has_points(self, collection: str, tenant_id: str) -> bool:
         """Whether the tenant has at least one chunk in the collection."""
