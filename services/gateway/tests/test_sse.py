@@ -28,18 +28,19 @@ async def test_heartbeats_until_the_work_is_done_then_its_body() -> None:
     assert orjson.loads(b"".join(chunks)) == {"done": True}
 
 
+async def endless_work(cancelled: asyncio.Event) -> bytes:
+    """Work that only ends when cancelled, and says so."""
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+    return b""
+
+
 async def test_a_failure_after_the_headers_propagates_and_stops_the_work() -> None:
     cancelled = asyncio.Event()
-
-    async def work() -> bytes:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return b""
-
-    body = with_heartbeats(work(), 0.01)
+    body = with_heartbeats(endless_work(cancelled), 0.01)
     assert await body.__anext__() == b"\n"  # the headers and a heartbeat are out
     with pytest.raises(RuntimeError, match="stream broke"):
         await body.athrow(RuntimeError("stream broke"))
@@ -62,16 +63,7 @@ async def test_a_failing_work_fails_the_body_and_leaves_no_task_behind() -> None
 
 async def test_closing_the_body_cancels_the_work() -> None:
     cancelled = asyncio.Event()
-
-    async def work() -> bytes:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return b""
-
-    body = with_heartbeats(work(), 0.01)
+    body = with_heartbeats(endless_work(cancelled), 0.01)
     assert await body.__anext__() == b"\n"
     await body.aclose()  # the client went away
     await asyncio.wait_for(cancelled.wait(), 1)
