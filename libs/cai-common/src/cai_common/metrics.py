@@ -97,3 +97,14 @@ def _observe(method: str, context: grpc.aio.ServicerContext, started: float) -> 
     name = code.name if isinstance(code, grpc.StatusCode) else "OK"
     GRPC_REQUESTS.labels(method, name).inc()
     GRPC_DURATION.labels(method).observe(time.perf_counter() - started)
+
+
+# Both the gateway (where=edge) and the orchestrator (where=model) observe it: defined once, so a
+# process that loads both (the tests) registers it once.
+TIME_TO_FIRST_TOKEN = Histogram(
+    "cai_time_to_first_token_seconds",
+    "Time to first token: from the request reaching the gateway to the first token leaving it "
+    "(where=edge), or from the model call to its first token (where=model).",
+    ["where"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60),
+)

@@ -9,10 +9,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 
 import anyio
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
+from cai_common.metrics import TIME_TO_FIRST_TOKEN
 from cai_common.runs import TERMINAL_EVENTS
 from cai_gateway.runs import EventFeed, open_feed
 
@@ -27,12 +28,6 @@ STREAM_RESUMES = Counter(
 )
 STREAM_DISCONNECTS = Counter(
     "cai_sse_stream_disconnects_total", "Event streams the client left before the run ended"
-)
-TIME_TO_FIRST_TOKEN = Histogram(
-    "cai_time_to_first_token_seconds",
-    "From the request reaching the gateway to the first token leaving it (where=edge).",
-    ["where"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60),
 )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from cai_common.metrics import TIME_TO_FIRST_TOKEN
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 RUN_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -18,9 +20,7 @@ QUEUE_WAIT = Histogram(
 )  # fmt: skip
 QUEUE_LAG = Gauge("cai_queue_lag", "Run queue entries not yet delivered to any replica")
 QUEUE_PENDING = Gauge("cai_queue_pending", "Run queue entries delivered but not yet acknowledged")
-TTFT = Histogram(
-    "cai_time_to_first_token_seconds", "Time to first token", ["where"], buckets=LATENCY_BUCKETS
-)
+TTFT = TIME_TO_FIRST_TOKEN
 INTER_TOKEN = Histogram(
     "cai_inter_token_seconds",
     "Time between consecutive content chunks from the model (tokens that arrive in one read "
