@@ -95,7 +95,7 @@ def question(text: str = "How does Cai resume a stream?") -> dict[str, object]:
 
 
 async def eventually(
-    check: Callable[[], object], timeout: float = 20.0, interval: float = 0.1
+    check: Callable[[], object], timeout: float = 20.0, interval: float = 0.1, what: str = ""
 ) -> None:
     """Await `check()` (sync or async) until truthy, or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -107,4 +107,4 @@ async def eventually(
         if last:
             return
         await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+    raise AssertionError(f"{what or 'condition'} not met within {timeout}s (last: {last!r})")

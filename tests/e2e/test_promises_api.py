@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from openai import AsyncOpenAI
 from cai_devstack.fixtures import running_stack
 from cai_devstack.procs import Proc, free_port
 from cai_devstack.stack import Stack
+from tests.e2e.support import eventually, question
 
 REPLY_TOKENS = 30
 SLOW_TOKEN_MS = 100  # the `slow` assistant: 30 tokens, about 3 s per answer
@@ -98,24 +97,6 @@ def gw(api_stack: Stack) -> str:
 
 def client(base: str, key: str = ALPHA) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base, headers={"X-Api-Key": key}, timeout=60)
-
-
-def question(text: str = "How does Cai resume a stream?") -> dict[str, object]:
-    return {"messages": [{"role": "user", "content": text}]}
-
-
-async def eventually(check: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
-    """Await `check()` (sync or async) until truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = check()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what or 'condition'} not met within {timeout}s (last: {last!r})")
 
 
 async def sse(

@@ -23,6 +23,7 @@ from httpx_sse import aconnect_sse
 
 from cai_devstack.fixtures import running_stack
 from cai_devstack.stack import Stack
+from tests.e2e.support import question
 
 REPLY_TOKENS = 40
 LEASE_SECONDS = 3
@@ -49,10 +50,6 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         },
     ) as stack:
         yield stack
-
-
-def question(text: str = "How does Cai recover from a crash?") -> dict[str, object]:
-    return {"messages": [{"role": "user", "content": text}]}
 
 
 def replica_index(name: str) -> int:
@@ -120,7 +117,11 @@ async def test_sigterm_turns_health_not_serving_and_the_run_finishes_elsewhere(
     base = replicas.gateway_url()
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         tid = (await http.post("/threads", json={})).json()["thread_id"]
-        body = {"assistant_id": "chat", "input": question(), "stream_mode": "messages-tuple"}
+        body = {
+            "assistant_id": "chat",
+            "input": question("How does Cai recover from a crash?"),
+            "stream_mode": "messages-tuple",
+        }
         run_id = (await http.post(f"/threads/{tid}/runs", json=body)).json()["run_id"]
         victim, _ = await executor(http, tid, run_id)
         await first_token(http, tid, run_id)
