@@ -18,8 +18,6 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from cai_common.runs import TERMINAL_EVENTS  # noqa: F401 - re-exported for the engine
-
 log = logging.getLogger(__name__)
 
 EVENT_FIELD = b"e"

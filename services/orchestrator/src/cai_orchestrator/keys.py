@@ -101,12 +101,6 @@ def run_keys(tenant: str, thread_id: str, run_id: str) -> RunKeys:
     return ThreadKeys(tenant, thread_id).run(run_id)
 
 
-# Lua's suffixes for a run found inside a script (`run_prefix .. id .. suffix`); RunKeys above
-# is the Python side of the same names.
-EVENTS_SUFFIX = ":events"
-CANCEL_SUFFIX = ":cancel"
-
-
 def tenant_threads(tenant: str) -> str:
     """Sorted set: the tenant's thread ids by creation time (for search)."""
     return "cai:tenant:" + tenant + ":threads"

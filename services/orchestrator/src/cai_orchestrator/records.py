@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 
-from cai_common.runs import TERMINAL_STATUSES  # noqa: F401 - re-exported for the engine
 from cai_orchestrator.keys import RunKeys, ThreadKeys, run_keys
 
 STRATEGIES = frozenset({"reject", "enqueue", "interrupt", "rollback"})
