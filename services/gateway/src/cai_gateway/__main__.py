@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
-from cai_common.logging import setup_logging
-from cai_common.telemetry import setup_tracing, shutdown_tracing
+from cai_common.process import service_process
 
 
 def main() -> None:
@@ -17,9 +16,7 @@ def main() -> None:
     from cai_gateway.config import Settings
 
     settings = Settings()
-    setup_logging("gateway", settings.log_level)
-    setup_tracing("cai-gateway")
-    try:
+    with service_process("gateway", settings.log_level):
         uvicorn.run(
             create_app(settings),
             host=settings.gateway_host,
@@ -30,8 +27,6 @@ def main() -> None:
             loop="uvloop",
             http="httptools",
         )
-    finally:
-        shutdown_tracing()
 
 
 if __name__ == "__main__":

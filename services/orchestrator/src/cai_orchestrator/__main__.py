@@ -7,8 +7,7 @@ import sys
 
 import uvloop
 
-from cai_common.logging import setup_logging
-from cai_common.telemetry import setup_tracing, shutdown_tracing
+from cai_common.process import service_process
 
 
 def main() -> None:
@@ -22,18 +21,15 @@ def main() -> None:
     from cai_orchestrator.server import serve
 
     settings = Settings()
-    setup_logging("orchestrator", settings.log_level)
-    setup_tracing("cai-orchestrator")
-    try:
-        uvloop.run(serve(settings))  # libuv's loop: a third less CPU per token than asyncio's
-    except (CheckpointerError, AssistantsError) as exc:
-        logging.getLogger("cai_orchestrator").error(str(exc))
-        sys.stderr.write(f"cai-orchestrator: {exc}\n")
-        sys.exit(2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        shutdown_tracing()
+    with service_process("orchestrator", settings.log_level):
+        try:
+            uvloop.run(serve(settings))  # libuv's loop: a third less CPU per token than asyncio's
+        except (CheckpointerError, AssistantsError) as exc:
+            logging.getLogger("cai_orchestrator").error(str(exc))
+            sys.stderr.write(f"cai-orchestrator: {exc}\n")
+            sys.exit(2)
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":

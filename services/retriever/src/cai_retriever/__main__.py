@@ -10,18 +10,13 @@ def main() -> None:
     from cai_common import aio
 
     aio.install()  # before the libraries that call asyncio.wait_for are imported
-    from cai_common.logging import setup_logging
-    from cai_common.telemetry import setup_tracing, shutdown_tracing
+    from cai_common.process import service_process
     from cai_retriever.config import Settings
     from cai_retriever.server import serve
 
     settings = Settings()
-    setup_logging("retriever", settings.log_level)
-    setup_tracing("cai-retriever")
-    try:
+    with service_process("retriever", settings.log_level):
         asyncio.run(serve(settings))
-    finally:
-        shutdown_tracing()
 
 
 if __name__ == "__main__":
