@@ -39,26 +39,17 @@ class RunControl:
     executing: bool = False
 
 
+@dataclass
 class RunExecutor:
     """Executes runs' graphs and finishes them."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: RunStore,
-        queue: RunQueue,
-        state: ThreadState,
-        graph: CompiledStateGraph,
-        assistants: Assistants,
-        bus: CancelBus,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.queue = queue
-        self.state = state
-        self.graph = graph
-        self.assistants = assistants
-        self.bus = bus
+    settings: Settings
+    store: RunStore
+    queue: RunQueue
+    state: ThreadState
+    graph: CompiledStateGraph
+    assistants: Assistants
+    bus: CancelBus
 
     async def run_settings(self, run: RunRecord) -> dict[str, Any]:
         """What a run needs beyond its record: limits and the thread's prompt override."""

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -42,26 +43,17 @@ def has_terminal(batch: list[Entry]) -> bool:
     return any(event in TERMINAL_EVENTS_BYTES for _, event, _ in batch)
 
 
+@dataclass
 class RunService:
     """Runs over the store, the queue, the cancel bus and the event logs."""
 
-    def __init__(
-        self,
-        store: RunStore,
-        queue: RunQueue,
-        bus: CancelBus,
-        logs: EventLogs,
-        tailer: LogTailer,
-        assistants: Assistants,
-        heartbeat_s: float,
-    ) -> None:
-        self.store = store
-        self.queue = queue
-        self.bus = bus
-        self.logs = logs
-        self.tailer = tailer
-        self.assistants = assistants
-        self.heartbeat_s = heartbeat_s
+    store: RunStore
+    queue: RunQueue
+    bus: CancelBus
+    logs: EventLogs
+    tailer: LogTailer
+    assistants: Assistants
+    heartbeat_s: float
 
     async def create(self, new: NewRun) -> RunRecord:
         """Record a run, then queue it (or leave it parked behind its thread's active run)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 from cai_orchestrator.records import StoreError, ThreadRecord, not_found
@@ -12,13 +13,13 @@ from cai_orchestrator.store import RunStore
 from cai_orchestrator.views import state_view, thread_view
 
 
+@dataclass
 class ThreadService:
     """Threads of a tenant: records, values, history and state updates."""
 
-    def __init__(self, store: RunStore, state: ThreadState, runs: RunService) -> None:
-        self.store = store
-        self.state = state
-        self.runs = runs
+    store: RunStore
+    state: ThreadState
+    runs: RunService
 
     async def get_record(self, tenant: str, thread_id: str) -> ThreadRecord:
         """The tenant's thread record, or not found."""
