@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import grpc
 
@@ -59,6 +61,26 @@ async def _status_errors(method: str, tenant_id: str) -> AsyncIterator[None]:
         log_context.reset(token)
 
 
+R = TypeVar("R")
+
+
+def _unary(
+    handler: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]:
+    """Run a unary handler under `_status_errors` and abort with the status it maps to."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            async with _status_errors(handler.__name__, request.principal.tenant_id):
+                return await handler(self, request, context)
+        except _Abort as abort:
+            await context.abort(abort.code, abort.message)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
 class RetrieverServicer(retriever_pb2_grpc.RetrieverServicer):
     """Serves cai.v1.Retriever from a knowledge base that exists once the service is ready.
 
@@ -75,26 +97,22 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServicer):
             raise Unavailable("retriever is starting (loading the embedding model or store)")
         return kb
 
+    @_unary
     async def Search(  # noqa: N802 - gRPC method name
         self, request: retriever_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> retriever_pb2.SearchReply:
         """Return the caller's tenant's best passages for a query."""
-        try:
-            async with _status_errors("Search", request.principal.tenant_id):
-                kb = self._kb()
-                query = kb.search_query(
-                    request.principal.tenant_id,
-                    request.collection,
-                    request.query,
-                    request.k,
-                    dict(request.filter),
-                    request.score_threshold,
-                )
-                passages = await kb.search(query)
-                return convert.search_reply_to_pb(passages)
-        except _Abort as abort:
-            await context.abort(abort.code, abort.message)
-        raise AssertionError("unreachable")
+        kb = self._kb()
+        query = kb.search_query(
+            request.principal.tenant_id,
+            request.collection,
+            request.query,
+            request.k,
+            dict(request.filter),
+            request.score_threshold,
+        )
+        passages = await kb.search(query)
+        return convert.search_reply_to_pb(passages)
 
     async def Ingest(  # noqa: N802 - gRPC method name
         self,
@@ -148,40 +166,28 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServicer):
             async for result in kb.ingest(tenant_id, first.collection, documents()):
                 yield result
 
+    @_unary
     async def DeleteDocuments(  # noqa: N802 - gRPC method name
         self, request: retriever_pb2.DeleteDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> retriever_pb2.DeleteDocumentsReply:
         """Delete the caller's documents (all their chunks) from a collection."""
-        try:
-            async with _status_errors("DeleteDocuments", request.principal.tenant_id):
-                deleted = await self._kb().delete_documents(
-                    request.principal.tenant_id, request.collection, list(request.document_ids)
-                )
-                return retriever_pb2.DeleteDocumentsReply(deleted_chunks=deleted)
-        except _Abort as abort:
-            await context.abort(abort.code, abort.message)
-        raise AssertionError("unreachable")
+        deleted = await self._kb().delete_documents(
+            request.principal.tenant_id, request.collection, list(request.document_ids)
+        )
+        return retriever_pb2.DeleteDocumentsReply(deleted_chunks=deleted)
 
+    @_unary
     async def ListCollections(  # noqa: N802 - gRPC method name
         self, request: retriever_pb2.ListCollectionsRequest, context: grpc.aio.ServicerContext
     ) -> retriever_pb2.ListCollectionsReply:
         """List the collections in which the caller's tenant has documents."""
-        try:
-            async with _status_errors("ListCollections", request.principal.tenant_id):
-                names = await self._kb().list_collections(request.principal.tenant_id)
-                return retriever_pb2.ListCollectionsReply(collections=names)
-        except _Abort as abort:
-            await context.abort(abort.code, abort.message)
-        raise AssertionError("unreachable")
+        names = await self._kb().list_collections(request.principal.tenant_id)
+        return retriever_pb2.ListCollectionsReply(collections=names)
 
+    @_unary
     async def Stats(  # noqa: N802 - gRPC method name
         self, request: retriever_pb2.StatsRequest, context: grpc.aio.ServicerContext
     ) -> retriever_pb2.StatsReply:
         """Return the caller's tenant's chunk and document counts in a collection."""
-        try:
-            async with _status_errors("Stats", request.principal.tenant_id):
-                stats = await self._kb().stats(request.principal.tenant_id, request.collection)
-                return convert.stats_to_pb(stats)
-        except _Abort as abort:
-            await context.abort(abort.code, abort.message)
-        raise AssertionError("unreachable")
+        stats = await self._kb().stats(request.principal.tenant_id, request.collection)
+        return convert.stats_to_pb(stats)
