@@ -183,8 +183,8 @@ def markdown(records: list[dict[str, Any]]) -> str:
             f"(gateway {_f(r['rss_before_mb'].get('gateway'))} → "
             f"{_f(r['rss_held_mb'].get('gateway'))} MiB). CPU while idle over {r['hold_s']:g} s: "
             f"gateway {_f(cpu.get('gateway'), 2)}, orchestrator {_f(cpu.get('orchestrator'), 2)} "
-            f"CPU-ms per connection per minute. Cancelling all took {r['cancel_all_s']} s; "
-            f"streams ended with {r['ended_with']}; errors {r['errors']}."
+            f"CPU-ms per connection per minute. Cancelling all took {r['cancel_all_s']} s"
+            f"{_cancel_latency(r)}; streams ended with {r['ended_with']}; errors {r['errors']}."
         )
         out.append("")
     queue = [r for r in records if r.get("scenario") == "queue" and "created" in r]
@@ -279,3 +279,14 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
+
+
+def _cancel_latency(record: dict[str, Any]) -> str:
+    """ ", cancel → `cancelled` at the client p50 … ms, max … ms (n executing runs)" if measured."""
+    lat = record.get("cancel_latency_ms") or {}
+    if not lat.get("n"):
+        return ""
+    return (
+        f" (cancel request → `cancelled` at the client, executing runs: p50 {_f(lat['p50'])} ms, "
+        f"p95 {_f(lat['p95'])} ms, max {_f(lat['max'])} ms, n={lat['n']})"
+    )

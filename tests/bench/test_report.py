@@ -52,3 +52,30 @@ def test_cpu_splits_into_a_cost_per_run_and_per_token() -> None:
 
 def test_no_split_without_both_scenarios() -> None:
     assert fixed_and_marginal([stream(100, 210.0)]) is None
+
+
+def idle(**extra: object) -> dict[str, object]:
+    per = {"gateway": 40.0, "orchestrator": 100.0, "redis": 1.0}
+    return {
+        "scenario": "idle",
+        "name": "idle-100",
+        "connections": 100,
+        "held": 100,
+        "runs_executing": 100,
+        "kib_per_connection": per,
+        "hold_cpu_ms_per_connection_per_min": per,
+        "rss_before_mb": per,
+        "rss_held_mb": per,
+        "hold_s": 10,
+        "cancel_all_s": 0.5,
+        "ended_with": {"cancelled": 100},
+        "errors": 0,
+        **extra,
+    }
+
+
+def test_the_idle_line_reports_cancel_latency_when_measured() -> None:
+    latency = {"n": 100, "p50": 8.25, "p95": 20.0, "p99": 25.0, "mean": 9.0, "max": 31.5}
+    text = markdown([idle(cancel_latency_ms=latency)])
+    assert "p50 8.2 ms, p95 20.0 ms, max 31.5 ms, n=100" in text
+    assert "cancel request" not in markdown([idle()])  # older runs did not measure it

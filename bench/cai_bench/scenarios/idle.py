@@ -14,6 +14,7 @@ from cai_bench.loadgen import StreamResult, cai_stream, make_client
 from cai_bench.phases import MB
 from cai_bench.procmon import delta
 from cai_bench.stack import PLAIN, PROMPT
+from cai_bench.stats import summary_ms
 from cai_common.runs import CANCELLED
 
 if TYPE_CHECKING:
@@ -77,11 +78,13 @@ async def run(bench: Bench, name: str, n: int) -> dict[str, Any]:
     t_c = time.perf_counter()
     sem = asyncio.Semaphore(50)
     control = [make_client() for _ in range(50)]
+    sent = [0.0] * n  # when each cancel request went out
 
     async def cancel(i: int, r: StreamResult) -> None:
         if not r.run_id:
             return
         async with sem:
+            sent[i] = time.perf_counter()
             with contextlib.suppress(httpx.HTTPError):
                 await control[i % len(control)].post(
                     f"{url}/threads/{r.thread_id}/runs/{r.run_id}/cancel"
@@ -98,6 +101,13 @@ async def run(bench: Bench, name: str, n: int) -> dict[str, Any]:
     ended = Counter(r.terminal or "none" for r in results)
     per_conn = {k: round((rss1[k] - rss0[k]) / max(1, held) / 1024, 1) for k in rss1 if k in rss0}
     hold_cpu = delta(cpu_h1, cpu_h0)
+    # docs/reliability.md promises a cancel lands within ~100 ms: request sent → the client has
+    # the `cancelled` event, for runs a worker was executing.
+    cancel_latency = [
+        r.t_end - sent[i]
+        for i, r in enumerate(results)
+        if r.started and r.terminal == CANCELLED and sent[i]
+    ]
     not_cancelled = [
         r.error or f"terminal {r.terminal!r}" for r in results if r.terminal != CANCELLED
     ]
@@ -119,6 +129,7 @@ async def run(bench: Bench, name: str, n: int) -> dict[str, Any]:
         },
         "cpu_s_total": delta(cpu1, cpu0),
         "cancel_all_s": round(t_cancelled, 2),
+        "cancel_latency_ms": summary_ms(cancel_latency),
         "ended_with": dict(ended),
         "errors": len(not_cancelled),
         "error_samples": [e for e, _ in Counter(not_cancelled).most_common(3)],
