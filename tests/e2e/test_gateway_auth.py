@@ -14,7 +14,7 @@ import pytest
 
 from cai_gateway.app import create_app
 from cai_gateway.config import Settings
-from tests.e2e.support import KEYS, auth, client, question
+from tests.e2e.support import KEYS, auth, client, eventually, question
 
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 OPERATIONS = sorted(
@@ -49,6 +49,10 @@ class Spec:
     foreign: int | None = 404
     # Run it on a fresh thread of its own (it changes or deletes what it is given).
     fresh: bool = False
+    # It may name a thread that does not exist yet, which it then starts. Thread ids are the
+    # caller's own (the tenant is part of every key): another tenant naming tenant A's id gets a
+    # thread of its own by that id, which neither sees nor changes tenant A's.
+    starts_a_thread: bool = False
 
 
 SPECS: dict[tuple[str, str], Spec] = {
@@ -91,8 +95,13 @@ SPECS: dict[tuple[str, str], Spec] = {
         json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
         headers=lambda o: {"X-Cai-Thread-Id": o.thread_id},
         fresh=True,
+        starts_a_thread=True,
     ),
-    ("POST", "/chat"): Spec(body=lambda o: {"message": "hi", "thread_id": o.thread_id}, fresh=True),
+    ("POST", "/chat"): Spec(
+        body=lambda o: {"message": "hi", "thread_id": o.thread_id},
+        fresh=True,
+        starts_a_thread=True,
+    ),
     ("GET", "/chat/{task_id}/stream"): Spec(),
     ("POST", "/chat/{task_id}/stop"): Spec(),
     ("GET", "/chat/{task_id}/status"): Spec(),
@@ -172,7 +181,11 @@ async def test_another_tenant_gets_404_and_never_data(
     spec = SPECS[(method, path)]
     target = await new_owned(gw) if spec.fresh else owned
     response = await call(gw, build(method, path, spec, target), auth(KEYS.beta))
-    if spec.foreign is not None:
+    if spec.starts_a_thread:
+        assert response.status_code < 300, response.text
+        assert target.run_id not in response.text and target.checkpoint_id not in response.text
+        await their_thread_is_their_own(gw, target, response)
+    elif spec.foreign is not None:
         assert_problem(response, spec.foreign)
         assert set(response.json()) <= {"type", "title", "status", "detail", "error"}
     else:
@@ -183,6 +196,28 @@ async def test_another_tenant_gets_404_and_never_data(
         assert (await http.get(f"/threads/{target.thread_id}")).status_code == 200
         run = await http.get(f"/threads/{target.thread_id}/runs/{target.run_id}")
         assert run.status_code == 200 and run.json()["status"] == "success"
+        state = (await http.get(f"/threads/{target.thread_id}/state")).json()
+        assert state["checkpoint"]["checkpoint_id"] == target.checkpoint_id  # nothing written
+
+
+async def their_thread_is_their_own(gw: str, target: Owned, response: httpx.Response) -> None:
+    """Tenant B's thread of tenant A's id ends up holding B's turn and none of A's."""
+    async with client(gw, KEYS.beta) as http:
+        task_id = response.json().get("task_id")
+        if task_id:  # the task API answers at once: wait for the task to end
+
+            async def ended() -> bool:
+                status = (await http.get(f"/chat/{task_id}/status")).json()["status"]
+                return status in ("done", "stopped", "error")
+
+            await eventually(ended)
+        theirs = (await http.get(f"/threads/{target.thread_id}/state")).json()
+    async with client(gw, KEYS.alpha) as http:
+        mine = (await http.get(f"/threads/{target.thread_id}/state")).json()
+    their_ids = {m["id"] for m in theirs["values"]["messages"]}
+    my_ids = {m["id"] for m in mine["values"]["messages"]}
+    assert their_ids and my_ids and not their_ids & my_ids
+    assert [m["content"] for m in theirs["values"]["messages"] if m["type"] == "human"] == ["hi"]
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
@@ -205,10 +240,15 @@ async def test_search_and_bulk_cancel_never_reach_another_tenant(gw: str, owned:
         assert by_id.json() == []
         cancel = await http.post("/runs/cancel", json={"run_ids": [owned.run_id]})
         assert cancel.status_code == 404
+        # The id is free for tenant B: its own thread by that id, empty, nothing of tenant A's.
         taken = await http.post("/threads", json={"thread_id": owned.thread_id})
-        assert taken.status_code in (404, 409) and owned.thread_id not in taken.text.replace(
-            f"Thread {owned.thread_id}", ""
-        )
+        assert taken.status_code == 200, taken.text
+        assert taken.json()["metadata"] == {} and not taken.json()["values"]
+        theirs = (await http.get(f"/threads/{owned.thread_id}/state")).json()
+        assert not theirs["values"] and owned.checkpoint_id not in str(theirs)
+    async with client(gw, KEYS.alpha) as http:
+        mine = (await http.get(f"/threads/{owned.thread_id}")).json()
+        assert mine["metadata"]["matrix"] is True and mine["values"]["messages"]
 
 
 async def test_same_tenant_different_keys_share_data(gw: str, owned: Owned) -> None:

@@ -257,3 +257,11 @@ async def test_cancelling_a_parked_run_ends_it_in_place(parts: Parts) -> None:
     events = await parts.redis.xrange(parked.ref.keys.events)
     assert [f[b"e"] for _, f in events] == [b"cancelled"]
     assert await finish(parts.store, first) == "idle"  # the cancelled run never starts
+
+
+def test_each_tenant_checkpoints_its_thread_x_apart() -> None:
+    mine, theirs = keys.ThreadKeys("t1", "x"), keys.ThreadKeys("t2", "x")
+    assert mine.checkpoint_thread != theirs.checkpoint_thread
+    assert mine.checkpoint_thread == keys.ThreadKeys("t1", "x").checkpoint_thread  # stable
+    odd = keys.ThreadKeys("a:b}", "c:d")  # no separator of a saver's key syntax gets through
+    assert str(uuid.UUID(odd.checkpoint_thread)) == odd.checkpoint_thread

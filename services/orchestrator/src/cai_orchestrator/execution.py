@@ -69,7 +69,7 @@ class RunExecutor:
         attempt = run.attempt + 1
         base = None
         if run.base_checkpoint is None and run.thread_id:
-            base = run.base_checkpoint = await self.state.head_checkpoint(run.thread_id)
+            base = run.base_checkpoint = await self.state.head_checkpoint(run.ref.thread_keys)
         await self.store.mark_running(run.ref, s.replica_id, attempt, base)
         if attempt > 1:
             metrics.RETRIES.inc()
@@ -127,7 +127,7 @@ class RunExecutor:
         try:
             async with asyncio.timeout(s.run_timeout_seconds):
                 resume = run.attempt > 0 and run.base_checkpoint != (
-                    await self.state.head_checkpoint(run.thread_id)
+                    await self.state.head_checkpoint(run.ref.thread_keys)
                 )
                 await execute(self.graph, run, writer, await self.run_settings(run), resume)
         except TimeoutError:
@@ -148,7 +148,7 @@ class RunExecutor:
             return ERROR
         if control.cancel_action is not None:
             log.info("the cancel came after the graph had finished; the run succeeded")
-        waiting = await self.state.is_waiting(run.thread_id)
+        waiting = await self.state.is_waiting(run.ref.thread_keys)
         await self.finish(run, writer, SUCCESS, "interrupted" if waiting else "idle", None, END)
         log.info("run finished", extra={"seconds": round(time.monotonic() - started, 3)})
         return SUCCESS
@@ -156,7 +156,7 @@ class RunExecutor:
     async def finish_cancelled(self, run: RunRecord, writer: EventWriter, action: str) -> None:
         """End a cancelled run (a rollback first restores the thread's state)."""
         if action == "rollback" and run.thread_id:
-            await self.state.rollback(run.thread_id, run.base_checkpoint)
+            await self.state.rollback(run.ref.thread_keys, run.base_checkpoint)
         payload = {"action": action, "message": "Run was cancelled"}
         await self.finish(run, writer, INTERRUPTED, "idle", payload, CANCELLED)
 
@@ -174,7 +174,7 @@ class RunExecutor:
         await writer.finish()
         message = (payload or {}).get("message", "") if status != SUCCESS else ""
         if run.temporary:  # a stateless run's thread goes away with it
-            await self.state.delete(run.thread_id)
+            await self.state.delete(run.ref.thread_keys)
             await self.store.drop_thread_keys(run.ref)
         terminal = (event or status, dumps(payload))
         nxt = await self.store.finish_run(

@@ -199,7 +199,7 @@ class Agent:
                 "gen_ai.provider.name": "openai",
                 "gen_ai.request.model": model,
                 "gen_ai.request.temperature": assistant.temperature,
-                "gen_ai.conversation.id": str(config.get("configurable", {}).get("thread_id", "")),
+                "gen_ai.conversation.id": str(config.get("metadata", {}).get("thread_id", "")),
             },
         ) as span:
             reply = await llm.ainvoke([system, *history], config)

@@ -12,6 +12,7 @@ inside the script) the thread's run-key prefix from `run_prefix()` in ARGV.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 QUEUE = "cai:runs:queue"
@@ -20,6 +21,10 @@ GROUP = "cai-orchestrators"
 # is a second step after the run is recorded, and a crash between the two must not lose the run.
 DISPATCHING = "cai:runs:dispatching"
 CANCEL_CHANNEL = "cai:cancel"
+
+
+# Names the checkpointer's threads (see ThreadKeys.checkpoint_thread).
+_CHECKPOINT_THREADS = uuid.UUID("0d4f6b1e-2c53-4c5e-8a3c-6f2a9b7e41d0")
 
 
 def thread_tag(tenant: str, thread_id: str) -> str:
@@ -43,6 +48,16 @@ class ThreadKeys:
     def record(self) -> str:
         """Hash: the thread record."""
         return self.prefix + "thread"
+
+    @property
+    def checkpoint_thread(self) -> str:
+        """The thread id the checkpointer keeps this thread's state under.
+
+        The tenant is part of it, as of every key here: two tenants' threads "x" never share
+        checkpoints. A UUID, so no saver's key syntax (the Redis saver splits keys on ':') can
+        be broken by a tenant's or a thread's name.
+        """
+        return str(uuid.uuid5(_CHECKPOINT_THREADS, self.tenant + "\n" + self.thread_id))
 
     @property
     def runs(self) -> str:

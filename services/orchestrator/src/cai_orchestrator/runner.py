@@ -45,7 +45,7 @@ def run_config(run: RunRecord, run_settings: dict[str, Any]) -> RunnableConfig:
     configurable = {
         **(requested.get("configurable") or {}),
         "thread_system_prompt": run_settings.get("thread_system_prompt"),
-        "thread_id": run.thread_id,
+        "thread_id": run.ref.thread_keys.checkpoint_thread,  # the checkpointer's name for it
         "run_id": run.run_id,
         "assistant_id": run.assistant_id,
         "tenant_id": run.tenant,
@@ -146,7 +146,8 @@ async def _replay_finished_answer(
     Clients drop what they were streamed when they see `retry`, so the answer the checkpoint
     holds is sent again as one message. Returns False when there is still work to run.
     """
-    snapshot = await graph.aget_state({"configurable": {"thread_id": run.thread_id}})
+    checkpoint_thread = run.ref.thread_keys.checkpoint_thread
+    snapshot = await graph.aget_state({"configurable": {"thread_id": checkpoint_thread}})
     if snapshot.next:
         return False
     messages = (snapshot.values or {}).get("messages") or []

@@ -8,13 +8,23 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
+from cai_orchestrator.keys import ThreadKeys
+
 
 class InvalidUpdate(ValueError):
     """A state update LangGraph refuses; the message says why."""
 
 
+def _configurable(thread: ThreadKeys, **extra: Any) -> dict[str, Any]:
+    return {"thread_id": thread.checkpoint_thread, **extra}
+
+
 class ThreadState:
-    """A thread's checkpoints: current values, history, updates, rollback, deletion."""
+    """A thread's checkpoints: current values, history, updates, rollback, deletion.
+
+    Threads are named by their keys (tenant and id): the checkpointer stores each under
+    `ThreadKeys.checkpoint_thread`, never under the bare id a client chose.
+    """
 
     def __init__(self, graph: CompiledStateGraph) -> None:
         self.graph = graph
@@ -23,16 +33,16 @@ class ThreadState:
     def _saver(self) -> Any:
         return self.graph.checkpointer
 
-    async def snapshot(self, thread_id: str, checkpoint_id: str = "") -> StateSnapshot:
+    async def snapshot(self, thread: ThreadKeys, checkpoint_id: str = "") -> StateSnapshot:
         """The thread's state at its head (or at `checkpoint_id`)."""
-        configurable: dict[str, Any] = {"thread_id": thread_id}
+        configurable = _configurable(thread)
         if checkpoint_id:
             configurable["checkpoint_id"] = checkpoint_id
         return await self.graph.aget_state({"configurable": configurable})
 
-    async def values_and_interrupts(self, thread_id: str) -> tuple[Any, dict[str, Any]]:
+    async def values_and_interrupts(self, thread: ThreadKeys) -> tuple[Any, dict[str, Any]]:
         """The thread's current values and its pending interrupts by task id."""
-        snapshot = await self.snapshot(thread_id)
+        snapshot = await self.snapshot(thread)
         interrupts = {
             t.id: [{"value": i.value, "id": i.id} for i in t.interrupts]
             for t in snapshot.tasks
@@ -40,13 +50,13 @@ class ThreadState:
         }
         return snapshot.values or None, interrupts
 
-    async def is_waiting(self, thread_id: str) -> bool:
+    async def is_waiting(self, thread: ThreadKeys) -> bool:
         """Whether the graph stopped with work left (an interrupt)."""
-        return bool((await self.snapshot(thread_id)).next)
+        return bool((await self.snapshot(thread)).next)
 
-    async def history(self, thread_id: str, before: str, limit: int) -> list[StateSnapshot]:
+    async def history(self, thread: ThreadKeys, before: str, limit: int) -> list[StateSnapshot]:
         """Past states, newest first, after the checkpoint `before` (if given)."""
-        config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+        config: RunnableConfig = {"configurable": _configurable(thread)}
         # The Redis saver ignores `before` (an upstream conformance failure), so page past the
         # named checkpoint here, which works the same on every saver.
         found: list[StateSnapshot] = []
@@ -61,12 +71,12 @@ class ThreadState:
         return found
 
     async def update(
-        self, thread_id: str, values: Any, as_node: str, checkpoint_id: str
+        self, thread: ThreadKeys, values: Any, as_node: str, checkpoint_id: str
     ) -> dict[str, Any]:
         """Write `values` as a new checkpoint (as if `as_node` had run); its config."""
         if as_node and as_node not in self.graph.nodes:
             raise InvalidUpdate(f"as_node {as_node!r} is not a node of the graph")
-        configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ""}
+        configurable = _configurable(thread, checkpoint_ns="")
         if checkpoint_id:
             configurable["checkpoint_id"] = checkpoint_id
         try:
@@ -77,29 +87,29 @@ class ThreadState:
             raise InvalidUpdate(f"cannot apply this update: {exc}") from exc
         return dict(new_config)
 
-    async def head_checkpoint(self, thread_id: str) -> str:
+    async def head_checkpoint(self, thread: ThreadKeys) -> str:
         """Id of the thread's newest checkpoint ("" when it has none)."""
-        config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+        config: RunnableConfig = {"configurable": _configurable(thread, checkpoint_ns="")}
         found = await self._saver.aget_tuple(config)
         return str(found.config["configurable"]["checkpoint_id"]) if found else ""
 
-    async def rollback(self, thread_id: str, base: str | None) -> None:
+    async def rollback(self, thread: ThreadKeys, base: str | None) -> None:
         """Make the thread's state what it was at `base` (the run's steps are discarded).
 
         Neither the Redis nor the Postgres saver can delete single checkpoints, so the checkpoint
         the run started from becomes the head again (the run's steps stay only as an abandoned
         branch of the history); a run that was the thread's first empties the thread.
         """
-        if base is None or base == await self.head_checkpoint(thread_id):
+        if base is None or base == await self.head_checkpoint(thread):
             return  # the run wrote nothing
         if base == "":
-            await self.delete(thread_id)
+            await self.delete(thread)
             return
         config: RunnableConfig = {
-            "configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": base}
+            "configurable": _configurable(thread, checkpoint_ns="", checkpoint_id=base)
         }
         await self.graph.aupdate_state(config, None)
 
-    async def delete(self, thread_id: str) -> None:
+    async def delete(self, thread: ThreadKeys) -> None:
         """Delete every checkpoint of the thread."""
-        await self._saver.adelete_thread(thread_id)
+        await self._saver.adelete_thread(thread.checkpoint_thread)

@@ -6,11 +6,12 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+from cai_orchestrator.keys import ThreadKeys
 from cai_orchestrator.records import StoreError, ThreadRecord, not_found
 from cai_orchestrator.runs import RunService
 from cai_orchestrator.state import ThreadState
 from cai_orchestrator.store import RunStore
-from cai_orchestrator.views import state_view, thread_view
+from cai_orchestrator.views import checkpoint_view, state_view, thread_view
 
 
 @dataclass
@@ -38,7 +39,7 @@ class ThreadService:
     async def get(self, tenant: str, thread_id: str) -> dict[str, Any]:
         """A thread with its current values and interrupts."""
         thread = await self.get_record(tenant, thread_id)
-        values, interrupts = await self.state.values_and_interrupts(thread.thread_id)
+        values, interrupts = await self.state.values_and_interrupts(ThreadKeys(tenant, thread_id))
         return thread_view(thread, values, interrupts)
 
     async def search(
@@ -59,20 +60,22 @@ class ThreadService:
             with contextlib.suppress(StoreError):
                 await self.runs.cancel(tenant, thread_id, thread.active_run, "interrupt")
         runs = await self.store.delete_thread_records(tenant, thread_id)
-        await self.state.delete(thread_id)
+        await self.state.delete(ThreadKeys(tenant, thread_id))
         return {"thread_id": thread_id, "deleted": True, "runs_deleted": runs}
 
     async def state_at(self, tenant: str, thread_id: str, checkpoint_id: str) -> dict[str, Any]:
         """The thread's state at its head (or a given checkpoint)."""
         await self.get_record(tenant, thread_id)
-        return state_view(await self.state.snapshot(thread_id, checkpoint_id), thread_id)
+        return state_view(
+            await self.state.snapshot(ThreadKeys(tenant, thread_id), checkpoint_id), thread_id
+        )
 
     async def history(
         self, tenant: str, thread_id: str, before: str, limit: int
     ) -> list[dict[str, Any]]:
         """Past states, newest first."""
         await self.get_record(tenant, thread_id)
-        snapshots = await self.state.history(thread_id, before, limit)
+        snapshots = await self.state.history(ThreadKeys(tenant, thread_id), before, limit)
         return [state_view(s, thread_id) for s in snapshots]
 
     async def update_state(
@@ -84,12 +87,7 @@ class ThreadService:
             raise StoreError(
                 "conflict", f"Thread {thread_id} has an active run; update it afterwards"
             )
-        config = await self.state.update(thread_id, values, as_node, checkpoint_id)
-        c = config["configurable"]
-        return {
-            "checkpoint": {
-                "thread_id": c.get("thread_id"),
-                "checkpoint_ns": c.get("checkpoint_ns", ""),
-                "checkpoint_id": c.get("checkpoint_id"),
-            }
-        }
+        config = await self.state.update(
+            ThreadKeys(tenant, thread_id), values, as_node, checkpoint_id
+        )
+        return {"checkpoint": checkpoint_view(config, thread_id)}

@@ -48,13 +48,14 @@ def thread_view(
     }
 
 
-def checkpoint_view(config: Any) -> dict[str, Any] | None:
-    """A checkpoint reference from a RunnableConfig."""
+def checkpoint_view(config: Any, thread_id: str) -> dict[str, Any] | None:
+    """A checkpoint reference from a RunnableConfig, named by the client's thread id (the
+    checkpointer's own name for the thread is internal)."""
     if not config:
         return None
     c = config.get("configurable", {})
     return {
-        "thread_id": c.get("thread_id"),
+        "thread_id": thread_id,
         "checkpoint_ns": c.get("checkpoint_ns", ""),
         "checkpoint_id": c.get("checkpoint_id"),
     }
@@ -83,8 +84,8 @@ def state_view(snapshot: StateSnapshot, thread_id: str) -> dict[str, Any]:
         ],
         "metadata": snapshot.metadata or {},
         "created_at": snapshot.created_at,
-        "checkpoint": checkpoint_view(snapshot.config) or {"thread_id": thread_id},
-        "parent_checkpoint": checkpoint_view(snapshot.parent_config),
+        "checkpoint": checkpoint_view(snapshot.config, thread_id) or {"thread_id": thread_id},
+        "parent_checkpoint": checkpoint_view(snapshot.parent_config, thread_id),
         "interrupts": [_interrupt(i) for i in getattr(snapshot, "interrupts", ())],
     }
 
