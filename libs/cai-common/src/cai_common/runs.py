@@ -33,3 +33,7 @@ TERMINAL_EVENT_OF_STATUS: dict[str, str] = {
     TIMEOUT: TIMEOUT,
     INTERRUPTED: CANCELLED,
 }
+
+# Trailing metadata of the orchestrator's reads that can be large (SearchThreads, ListRuns,
+# CancelRuns): how many records the call read. The gateway charges rate-limit tokens by it.
+WORK_TRAILER = "cai-work"

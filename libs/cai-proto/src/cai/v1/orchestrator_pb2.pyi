@@ -150,19 +150,35 @@ class CancelRunRequest(_message.Message):
     wait: bool
     def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., thread_id: _Optional[str] = ..., run_id: _Optional[str] = ..., action: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
 
+class CancelRunsRequest(_message.Message):
+    __slots__ = ("principal", "thread_id", "run_ids", "status", "action")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    principal: _common_pb2.Principal
+    thread_id: str
+    run_ids: _containers.RepeatedScalarFieldContainer[str]
+    status: str
+    action: str
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., thread_id: _Optional[str] = ..., run_ids: _Optional[_Iterable[str]] = ..., status: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
+
 class SearchThreadsRequest(_message.Message):
-    __slots__ = ("principal", "metadata_json", "status", "limit", "offset")
+    __slots__ = ("principal", "metadata_json", "status", "limit", "offset", "thread_ids")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    THREAD_IDS_FIELD_NUMBER: _ClassVar[int]
     principal: _common_pb2.Principal
     metadata_json: bytes
     status: str
     limit: int
     offset: int
-    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., metadata_json: _Optional[bytes] = ..., status: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+    thread_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., metadata_json: _Optional[bytes] = ..., status: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., thread_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpdateThreadRequest(_message.Message):
     __slots__ = ("principal", "thread_id", "metadata_json")

@@ -29,6 +29,8 @@ class OrchestratorStub:
     """The orchestrator owns threads and runs. Bodies that mirror LangGraph Server's JSON (thread and run
     objects, state values, run input, config, metadata) travel as UTF-8 JSON bytes: the orchestrator
     builds them once and the gateway relays them without re-parsing (the hot path).
+    SearchThreads, ListRuns and CancelRuns end with trailing metadata `cai-work`: how many records
+    the call read (the gateway charges rate-limit tokens in proportion).
     """
 
     def __init__(self, channel):
@@ -75,6 +77,11 @@ class OrchestratorStub:
         self.CancelRun = channel.unary_unary(
                 '/cai.v1.Orchestrator/CancelRun',
                 request_serializer=cai_dot_v1_dot_orchestrator__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+                _registered_method=True)
+        self.CancelRuns = channel.unary_unary(
+                '/cai.v1.Orchestrator/CancelRuns',
+                request_serializer=cai_dot_v1_dot_orchestrator__pb2.CancelRunsRequest.SerializeToString,
                 response_deserializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
                 _registered_method=True)
         self.DeleteRun = channel.unary_unary(
@@ -128,6 +135,8 @@ class OrchestratorServicer:
     """The orchestrator owns threads and runs. Bodies that mirror LangGraph Server's JSON (thread and run
     objects, state values, run input, config, metadata) travel as UTF-8 JSON bytes: the orchestrator
     builds them once and the gateway relays them without re-parsing (the hot path).
+    SearchThreads, ListRuns and CancelRuns end with trailing metadata `cai-work`: how many records
+    the call read (the gateway charges rate-limit tokens in proportion).
     """
 
     def CreateThread(self, request, context):
@@ -175,6 +184,14 @@ class OrchestratorServicer:
 
     def CancelRun(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRuns(self, request, context):
+        """Cancels the runs named by id, or the caller's pending/running runs (of one thread, or of all
+        of them), at most 1000 per call: replies {"run_ids": [runs found], "more": bool}.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -279,6 +296,11 @@ def add_OrchestratorServicer_to_server(servicer, server):
                     request_deserializer=cai_dot_v1_dot_orchestrator__pb2.CancelRunRequest.FromString,
                     response_serializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.SerializeToString,
             ),
+            'CancelRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRuns,
+                    request_deserializer=cai_dot_v1_dot_orchestrator__pb2.CancelRunsRequest.FromString,
+                    response_serializer=cai_dot_v1_dot_orchestrator__pb2.JsonReply.SerializeToString,
+            ),
             'DeleteRun': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteRun,
                     request_deserializer=cai_dot_v1_dot_orchestrator__pb2.GetRunRequest.FromString,
@@ -336,6 +358,8 @@ class Orchestrator:
     """The orchestrator owns threads and runs. Bodies that mirror LangGraph Server's JSON (thread and run
     objects, state values, run input, config, metadata) travel as UTF-8 JSON bytes: the orchestrator
     builds them once and the gateway relays them without re-parsing (the hot path).
+    SearchThreads, ListRuns and CancelRuns end with trailing metadata `cai-work`: how many records
+    the call read (the gateway charges rate-limit tokens in proportion).
     """
 
     @staticmethod
@@ -543,6 +567,33 @@ class Orchestrator:
             target,
             '/cai.v1.Orchestrator/CancelRun',
             cai_dot_v1_dot_orchestrator__pb2.CancelRunRequest.SerializeToString,
+            cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cai.v1.Orchestrator/CancelRuns',
+            cai_dot_v1_dot_orchestrator__pb2.CancelRunsRequest.SerializeToString,
             cai_dot_v1_dot_orchestrator__pb2.JsonReply.FromString,
             options,
             channel_credentials,
