@@ -135,7 +135,7 @@ async def test_idempotency_key_returns_the_same_run(store: RunStore) -> None:
     again = await store.create_run(new_run(thread.thread_id, idempotency_key=key))
     assert not first.existed and again.existed
     assert again.run.run_id == first.run.run_id
-    assert await store.list_runs("t1", thread.thread_id, 10, 0) == [again.run]
+    assert (await store.list_runs("t1", thread.thread_id, 10, 0))[0] == [again.run]
 
 
 async def test_a_stateless_runs_idempotency_key_finds_it_again(store: RunStore) -> None:
@@ -183,9 +183,8 @@ async def test_unknown_thread_is_not_found_unless_if_not_exists_create(store: Ru
     created = await store.create_run(new_run(missing, if_not_exists="create"))
     assert (await store.get_thread("t1", missing)) is not None
     assert created.run.thread_id == missing
-    assert [t.thread_id for t in await store.search_threads("t1", {}, "", 100, 0)].count(
-        missing
-    ) == 1
+    found, _ = await store.search_threads("t1", {}, "", 100, 0)
+    assert [t.thread_id for t in found].count(missing) == 1
 
 
 async def test_thread_ids_are_unique(store: RunStore) -> None:

@@ -57,6 +57,8 @@ class Settings(ServiceSettings):
     # Event logs and run records live this long after a run ends.
     event_log_ttl_seconds: int = 3600
     run_record_ttl_seconds: int = 7 * 24 * 3600
+    # A thread's run list keeps its newest runs: older finished runs are deleted as new ones come.
+    runs_per_thread_index: int = Field(default=1000, ge=1)
     # How long StreamRun waits for a new event before sending an empty heartbeat reply.
     stream_heartbeat_seconds: float = 10.0
 

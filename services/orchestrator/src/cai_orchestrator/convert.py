@@ -12,6 +12,10 @@ from cai_orchestrator.records import NewRun
 
 # LangGraph's Command fields a client may send (`resume` answers an interrupt).
 COMMAND_FIELDS = frozenset({"resume", "update", "goto"})
+# Paging and id lists: what one request may ask for.
+MAX_LIMIT = 1000
+MAX_OFFSET = 1_000_000
+MAX_IDS = 1000
 
 
 class InvalidRequest(ValueError):
@@ -56,6 +60,7 @@ def new_run(req: pb.CreateRunRequest, stream_modes: list[str]) -> NewRun:
     if run_input is None and not command:
         raise InvalidRequest("a run needs an input or a command")
     config = json_field(req.config_json, "config", {})
+    check_recursion_limit(config)
     metadata = json_field(req.metadata_json, "metadata", {})
     kwargs = {
         "input": run_input,
@@ -87,9 +92,26 @@ def json_reply(obj: Any) -> pb.JsonReply:
 def page(limit: int, offset: int) -> tuple[int, int]:
     """Validated paging (limit 0 means 10)."""
     limit = limit or 10
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise InvalidRequest("limit must be 1..1000 and offset >= 0")
+    if not 1 <= limit <= MAX_LIMIT or not 0 <= offset <= MAX_OFFSET:
+        raise InvalidRequest(f"limit must be 1..{MAX_LIMIT} and offset 0..{MAX_OFFSET}")
     return limit, offset
+
+
+def id_list(values: Any, name: str) -> list[str]:
+    """Distinct ids, in order; at most MAX_IDS."""
+    ids = list(dict.fromkeys(values))
+    if len(ids) > MAX_IDS:
+        raise InvalidRequest(f"{name}: at most {MAX_IDS} ids, got {len(ids)}")
+    if not all(ids):
+        raise InvalidRequest(f"{name}: ids must not be empty")
+    return ids
+
+
+def check_recursion_limit(config: dict[str, Any]) -> None:
+    """Check `config.recursion_limit` (the assistant's limit caps it when the run executes)."""
+    value = config.get("recursion_limit")
+    if value is not None and (type(value) is not int or value < 1):
+        raise InvalidRequest("config.recursion_limit must be a positive integer")
 
 
 def run_events(batch: list[tuple[bytes, bytes, bytes]]) -> pb.StreamRunReply:

@@ -52,7 +52,7 @@ class Engine:
     ) -> Engine:
         """Compose the engine over three Redis clients (shared, tailer's, pub/sub's)."""
         s = settings
-        store = RunStore(redis, s.run_record_ttl_seconds)
+        store = RunStore(redis, s.run_record_ttl_seconds, runs_per_thread=s.runs_per_thread_index)
         queue = RunQueue(redis, s.replica_id)
         bus = CancelBus(redis, pubsub_redis)
         batcher = EventBatcher(redis)  # every run's events, one pipeline at a time

@@ -23,7 +23,7 @@ from cai_orchestrator.config import Settings
 from cai_orchestrator.events import EventWriter, dumps
 from cai_orchestrator.queue import RunQueue
 from cai_orchestrator.records import RunRecord, RunRef
-from cai_orchestrator.runner import execute
+from cai_orchestrator.runner import DEFAULT_RECURSION_LIMIT, execute
 from cai_orchestrator.state import ThreadState
 from cai_orchestrator.store import RunStore
 
@@ -58,7 +58,7 @@ class RunExecutor:
         if run.thread_id and not run.temporary:
             thread = await self.store.get_thread(run.tenant, run.thread_id)
         return {
-            "recursion_limit": assistant.recursion_limit if assistant else 10,
+            "recursion_limit": assistant.recursion_limit if assistant else DEFAULT_RECURSION_LIMIT,
             "thread_system_prompt": thread.metadata.get("system_prompt") if thread else None,
         }
 

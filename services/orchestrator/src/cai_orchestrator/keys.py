@@ -61,7 +61,7 @@ class ThreadKeys:
 
     @property
     def runs(self) -> str:
-        """Sorted set: the thread's run ids by creation time."""
+        """Sorted set: the thread's newest run ids by creation time (trimmed: `RunStore`)."""
         return self.prefix + "runs"
 
     @property
@@ -119,6 +119,15 @@ def run_keys(tenant: str, thread_id: str, run_id: str) -> RunKeys:
 def tenant_threads(tenant: str) -> str:
     """Sorted set: the tenant's thread ids by creation time (for search)."""
     return "cai:tenant:" + tenant + ":threads"
+
+
+def tenant_unfinished_runs(tenant: str) -> str:
+    """Sorted set: the tenant's runs on real threads that may not have ended, by creation time.
+
+    For bulk cancels by status. Written before a run's record and cleared when it finishes, so an
+    entry may name a run that ended or never was: readers check the record and drop such entries.
+    """
+    return "cai:tenant:" + tenant + ":unfinished"
 
 
 def run_thread(tenant: str, run_id: str) -> str:

@@ -22,6 +22,8 @@ SUPPORTED_STREAM_MODES = {
     "messages-tuple": "messages",
     "custom": "custom",
 }
+# The recursion limit of a run whose assistant is gone (an assistant's own default is the same).
+DEFAULT_RECURSION_LIMIT = 10
 
 
 def graph_input(run: RunRecord, resume: bool = False) -> Any:
@@ -50,11 +52,13 @@ def run_config(run: RunRecord, run_settings: dict[str, Any]) -> RunnableConfig:
         "assistant_id": run.assistant_id,
         "tenant_id": run.tenant,
     }
+    # A client may lower the assistant's recursion limit, never raise it.
+    limit = int(run_settings.get("recursion_limit") or DEFAULT_RECURSION_LIMIT)
+    if requested.get("recursion_limit"):
+        limit = min(limit, int(requested["recursion_limit"]))
     config: RunnableConfig = {
         "configurable": configurable,
-        "recursion_limit": int(
-            requested.get("recursion_limit") or run_settings.get("recursion_limit") or 10
-        ),
+        "recursion_limit": limit,
         "metadata": {**run.metadata, "run_id": run.run_id, "thread_id": run.thread_id},
         "run_id": uuid.UUID(run.run_id),
     }

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,6 +36,9 @@ from cai_orchestrator.tailer import Entry, LogTailer
 log = logging.getLogger(__name__)
 # How long after creation a run's queue append counts as lost (its creator died mid-way).
 DISPATCH_CHECK_S = 10.0
+# Runs one bulk cancel reaches at most, and asks to stop at once.
+BULK_CANCEL_MAX = 1000
+BULK_CANCEL_CONCURRENCY = 16
 
 
 def has_terminal(batch: list[Entry]) -> bool:
@@ -120,8 +123,8 @@ class RunService:
 
     async def list(
         self, tenant: str, thread_id: str, limit: int, offset: int, status: str
-    ) -> list[RunRecord]:
-        """A thread's runs, newest first."""
+    ) -> tuple[list[RunRecord], int]:
+        """A thread's runs, newest first; and how many records were read."""
         if await self.store.get_thread(tenant, thread_id) is None:
             raise not_found("Thread", thread_id)
         return await self.store.list_runs(tenant, thread_id, limit, offset, status)
@@ -131,15 +134,50 @@ class RunService:
         if action not in CANCEL_ACTIONS:
             raise StoreError("invalid", "action must be 'interrupt' or 'rollback'")
         run = await self.get(tenant, thread_id, run_id)
+        await self._stop(run, action)
+        return run
+
+    async def _stop(self, run: RunRecord, action: str) -> None:
+        """Ask a run that has not ended to stop."""
         if run.status in TERMINAL_STATUSES:
-            return run
+            return
         if await self.store.cancel_parked(run.ref):
             # It never started: its log gets its terminal event here.
             data = dumps({"action": action, "message": "Run was cancelled before it started"})
             await self.logs.close_unstarted(run.ref.keys.events, CANCELLED, data)
         else:
             await self.bus.request(run.ref, action)
-        return run
+
+    async def cancel_many(
+        self, tenant: str, thread_id: str, run_ids: Sequence[str], statuses: Set[str], action: str
+    ) -> tuple[Sequence[str], bool, int]:
+        """Cancel the runs named by `run_ids`, or up to BULK_CANCEL_MAX of the tenant's runs
+        with one of `statuses` (only the thread's, with `thread_id`), oldest first.
+
+        Returns the runs found (named runs that exist, or the runs asked to stop), whether more
+        runs of those statuses remain, and how many records were read.
+        """
+        if action not in CANCEL_ACTIONS:
+            raise StoreError("invalid", "action must be 'interrupt' or 'rollback'")
+        more = False
+        if run_ids:
+            named = [*run_ids[:BULK_CANCEL_MAX]]
+            refs = await self.store.resolve_many(tenant, thread_id, named)
+            runs = await self.store.load_runs(refs)
+            read = len(refs) * (1 if thread_id else 2)  # (and each run's thread)
+        else:
+            if thread_id and await self.store.get_thread(tenant, thread_id) is None:
+                raise not_found("Thread", thread_id)
+            runs, more, read = await self.store.unfinished_runs(tenant, thread_id, BULK_CANCEL_MAX)
+            runs = [r for r in runs if r.status in statuses]
+        slots = asyncio.Semaphore(BULK_CANCEL_CONCURRENCY)
+
+        async def stop(run: RunRecord) -> None:
+            async with slots:
+                await self._stop(run, action)
+
+        await asyncio.gather(*(stop(r) for r in runs))
+        return [r.run_id for r in runs], more, read
 
     async def cancel_and_wait(
         self, tenant: str, thread_id: str, run_id: str, action: str, wait_s: float

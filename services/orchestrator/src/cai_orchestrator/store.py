@@ -19,6 +19,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from cai_common.runs import PENDING, RUNNING, TERMINAL_STATUSES_BYTES
 from cai_orchestrator import keys, lua
 from cai_orchestrator.records import (
     STRATEGIES,
@@ -39,17 +40,34 @@ _IDEMPOTENT_RUN_IDS = uuid.UUID("6f1c2a86-55d5-4c0e-9a57-3a4bd0d5e0f1")
 # How long the run-id → thread index outlives an unfinished run (finishing shortens it to the
 # record's TTL).
 _INDEX_TTL_S = 30 * 24 * 3600
+# A filtered thread search (status, metadata: nothing indexes them) reads the tenant's threads
+# newest first, this many per round trip, and at most `search_scan_max` of them per request.
+SEARCH_BATCH = 200
+SEARCH_SCAN_MAX = 10_000
+# A thread's run index keeps its newest runs: older finished runs go, records and all.
+RUNS_PER_THREAD_INDEX = 1000
+# Index entries examined for trimming per run created (an oversized old index shrinks gradually).
+_TRIM_BATCH = 1000
+_UNFINISHED = (PENDING.encode(), RUNNING.encode())
 
 
 def _decoded(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _matches(thread: ThreadRecord, metadata: dict[str, Any], status: str) -> bool:
+    """Whether the thread has `status` (if given) and its metadata contains `metadata`."""
+    if status and thread.status != status:
+        return False
+    return all(thread.metadata.get(k) == v for k, v in metadata.items())
+
+
 class ThreadStore:
     """Thread records in Redis (a thread's state lives in the checkpointer)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, search_scan_max: int = SEARCH_SCAN_MAX) -> None:
         self.redis = redis
+        self.search_scan_max = search_scan_max
 
     async def create_thread(
         self, tenant: str, thread_id: str, metadata: dict[str, Any], if_exists: str
@@ -84,29 +102,55 @@ class ThreadStore:
             return None
         return ThreadRecord.from_hash(h)
 
+    async def _threads(self, tenant: str, thread_ids: list[Any]) -> list[ThreadRecord]:
+        """The records of these threads of the tenant that exist, in order (one round trip)."""
+        if not thread_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tid in thread_ids:
+                pipe.hgetall(keys.ThreadKeys(tenant, _decoded(tid)).record)
+            hashes = await pipe.execute()
+        return [ThreadRecord.from_hash(h) for h in hashes if h and b"thread_id" in h]
+
     async def search_threads(
         self, tenant: str, metadata: dict[str, Any], status: str, limit: int, offset: int
-    ) -> list[ThreadRecord]:
-        """The tenant's threads, newest first, whose metadata contains `metadata`."""
-        ids = await self.redis.zrevrange(keys.tenant_threads(tenant), 0, -1)
-        found: list[ThreadRecord] = []
-        for start in range(0, len(ids), 500):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for tid in ids[start : start + 500]:
-                    pipe.hgetall(keys.ThreadKeys(tenant, tid.decode()).record)
-                hashes = await pipe.execute()
-            for h in hashes:
-                if not h or b"thread_id" not in h:
-                    continue
-                t = ThreadRecord.from_hash(h)
-                if status and t.status != status:
-                    continue
-                if any(t.metadata.get(k) != v for k, v in metadata.items()):
-                    continue
-                found.append(t)
-            if len(found) >= offset + limit:
+    ) -> tuple[list[ThreadRecord], int]:
+        """The tenant's threads, newest first, with `status` and whose metadata contains
+        `metadata`; and how many thread records were read.
+
+        Without a filter the page is read by rank: `limit` records. A filter is applied to the
+        tenant's newest `search_scan_max` threads at most (status and metadata are not indexed).
+        """
+        index = keys.tenant_threads(tenant)
+        if not metadata and not status:
+            page = await self.redis.zrevrange(index, offset, offset + limit - 1)
+            return await self._threads(tenant, page), len(page)
+        wanted = offset + limit
+        found: dict[str, ThreadRecord] = {}
+        scanned = 0
+        while len(found) < wanted and scanned < self.search_scan_max:
+            batch = min(SEARCH_BATCH, self.search_scan_max - scanned)
+            ids = await self.redis.zrevrange(index, scanned, scanned + batch - 1)
+            scanned += len(ids)
+            for thread in await self._threads(tenant, ids):
+                if _matches(thread, metadata, status):
+                    found.setdefault(thread.thread_id, thread)  # ranks shift as threads arrive
+            if len(ids) < batch:
                 break
-        return found[offset : offset + limit]
+        return list(found.values())[offset:wanted], scanned
+
+    async def threads_by_ids(
+        self,
+        tenant: str,
+        thread_ids: list[str],
+        metadata: dict[str, Any],
+        status: str,
+        limit: int,
+        offset: int,
+    ) -> list[ThreadRecord]:
+        """Those of the tenant's threads named by `thread_ids` that match, in that order."""
+        threads = await self._threads(tenant, thread_ids)
+        return [t for t in threads if _matches(t, metadata, status)][offset : offset + limit]
 
     async def update_thread_metadata(
         self, tenant: str, thread_id: str, metadata: dict[str, Any]
@@ -142,20 +186,39 @@ class ThreadStore:
         tk = ref.thread_keys
         await self.redis.delete(tk.record, tk.pending, tk.runs)
 
+    async def load_runs(self, refs: list[RunRef]) -> list[RunRecord]:
+        """The runs at `refs` that exist, in order (one round trip)."""
+        if not refs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ref in refs:
+                pipe.hgetall(ref.keys.record)
+            hashes = await pipe.execute()
+        return [RunRecord.from_hash(h) for h in hashes if h and b"run_id" in h]
+
     async def list_runs(
         self, tenant: str, thread_id: str, limit: int, offset: int, status: str = ""
-    ) -> list[RunRecord]:
-        """The thread's runs, newest first."""
+    ) -> tuple[list[RunRecord], int]:
+        """The thread's runs, newest first; and how many run records were read.
+
+        Without `status` the page is read by rank. With it, the statuses of the thread's run
+        index (bounded: `RunStore.runs_per_thread`) are read first, then the page's records.
+        """
         tk = keys.ThreadKeys(tenant, thread_id)
-        ids = await self.redis.zrevrange(tk.runs, 0, -1)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for rid in ids:
-                pipe.hgetall(tk.run(rid.decode()).record)
-            hashes = await pipe.execute()
-        runs = [RunRecord.from_hash(h) for h in hashes if h and b"run_id" in h]
-        if status:
-            runs = [r for r in runs if r.status == status]
-        return runs[offset : offset + limit]
+        read = 0
+        if not status:
+            page = await self.redis.zrevrange(tk.runs, offset, offset + limit - 1)
+        else:
+            ids = await self.redis.zrevrange(tk.runs, 0, -1)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for rid in ids:
+                    pipe.hget(tk.run(rid.decode()).record, "status")
+                statuses = await pipe.execute()
+            wanted = status.encode()
+            matching = [rid for rid, st in zip(ids, statuses, strict=True) if st == wanted]
+            page, read = matching[offset : offset + limit], len(ids)
+        runs = await self.load_runs([RunRef(tenant, thread_id, rid.decode()) for rid in page])
+        return runs, read + len(page)
 
     async def parked_position(self, ref: RunRef) -> int | None:
         """1-based place of a run parked behind its thread's active run, or None."""
@@ -183,10 +246,19 @@ class ThreadStore:
 class RunStore(ThreadStore):
     """Runs in Redis, with their threads' records (ThreadStore)."""
 
-    def __init__(self, redis: Redis, run_ttl_s: int, idempotency_ttl_s: int = 86400) -> None:
-        super().__init__(redis)
+    def __init__(
+        self,
+        redis: Redis,
+        run_ttl_s: int,
+        idempotency_ttl_s: int = 86400,
+        *,
+        runs_per_thread: int = RUNS_PER_THREAD_INDEX,
+        search_scan_max: int = SEARCH_SCAN_MAX,
+    ) -> None:
+        super().__init__(redis, search_scan_max=search_scan_max)
         self.run_ttl = run_ttl_s
         self.idempotency_ttl = idempotency_ttl_s
+        self.runs_per_thread = runs_per_thread
         self._create = redis.register_script(lua.CREATE_RUN)
         self._finish = redis.register_script(lua.FINISH_RUN)
         self._cancel_parked = redis.register_script(lua.CANCEL_PARKED)
@@ -234,6 +306,7 @@ class RunStore(ThreadStore):
                 # Indexes outside the thread's slot are written first: a crash before the
                 # script leaves an entry that points at nothing, which readers skip.
                 pipe.set(keys.run_thread(new.tenant, run_id), thread_id, ex=_INDEX_TTL_S)
+                self._index_unfinished(pipe, new.tenant, run_id)
                 if create_thread:
                     pipe.zadd(keys.tenant_threads(new.tenant), {thread_id: time.time()}, nx=True)
             await self._create(
@@ -258,8 +331,14 @@ class RunStore(ThreadStore):
                 ],
                 client=pipe,
             )
-            *_, reply = await pipe.execute()
+            pipe.zcard(tk.runs)
+            *_, reply, indexed = await pipe.execute()
         outcome, value, interrupts = (_decoded(v) for v in reply)
+        if not new.temporary:
+            if outcome in ("dispatched", "queued"):
+                await self._trim_runs(tk, int(indexed) - self.runs_per_thread)
+            else:
+                await self._forget_unfinished(new.tenant, run_id)
         if outcome == "existing":
             existing = await self.get_run(new.tenant, value, thread_id)
             if existing is None:
@@ -340,6 +419,7 @@ class RunStore(ThreadStore):
             )
             if has_thread:
                 pipe.expire(keys.run_thread(run.tenant, run.run_id), self.run_ttl)
+                pipe.zrem(keys.tenant_unfinished_runs(run.tenant), run.run_id)
             result = (await pipe.execute())[0]
         if _decoded(result[0]) == "next":
             return _decoded(result[1]), _decoded(result[2])
@@ -351,6 +431,8 @@ class RunStore(ThreadStore):
             keys=[ref.thread_keys.pending, ref.keys.record],
             args=[ref.run_id, now_iso(), self.run_ttl],
         )
+        if parked:
+            await self.redis.zrem(keys.tenant_unfinished_runs(ref.tenant), ref.run_id)
         return bool(parked)
 
     async def delete_run_records(self, run: RunRecord) -> None:
@@ -365,3 +447,97 @@ class RunStore(ThreadStore):
     async def log_exists(self, ref: RunRef) -> bool:
         """Whether the run's event log is still there (it expires after the run)."""
         return bool(await self.redis.exists(ref.keys.events))
+
+    # -- indexes: bounded reads and trimming ---------------------------------------------------
+
+    @staticmethod
+    def _index_unfinished(pipe: Pipeline, tenant: str, run_id: str) -> None:
+        """Add a run to the tenant's unfinished runs; entries older than any run lives go."""
+        index = keys.tenant_unfinished_runs(tenant)
+        now = time.time()
+        pipe.zadd(index, {run_id: now})
+        pipe.zremrangebyscore(index, "-inf", now - _INDEX_TTL_S)
+        pipe.expire(index, _INDEX_TTL_S)
+
+    async def _forget_unfinished(self, tenant: str, run_id: str) -> None:
+        """Undo the indexes written for a run that was not created (a conflict, a duplicate)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(keys.tenant_unfinished_runs(tenant), run_id)
+            pipe.delete(keys.run_thread(tenant, run_id))
+            await pipe.execute()
+
+    async def _trim_runs(self, tk: keys.ThreadKeys, excess: int) -> None:
+        """Keep the thread's run index to its newest `runs_per_thread` runs.
+
+        The oldest runs past the bound go with their records and event logs if they have ended
+        (or expired); a run still pending or running stays until a later trim.
+        """
+        if excess <= 0:
+            return
+        oldest = await self.redis.zrange(tk.runs, 0, min(excess, _TRIM_BATCH) - 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in oldest:
+                pipe.hget(tk.run(rid.decode()).record, "status")
+            statuses = await pipe.execute()
+        ended = [
+            rid.decode()
+            for rid, st in zip(oldest, statuses, strict=True)
+            if st is None or st in TERMINAL_STATUSES_BYTES
+        ]
+        if not ended:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(tk.runs, *ended)
+            for rid in ended:
+                rk = tk.run(rid)
+                pipe.delete(rk.record, rk.events, rk.cancel)
+                pipe.delete(keys.run_thread(tk.tenant, rid))
+            await pipe.execute()
+
+    async def resolve_many(self, tenant: str, thread_id: str, run_ids: list[str]) -> list[RunRef]:
+        """Where each run lives (`resolve` for many runs, one round trip)."""
+        if thread_id or not run_ids:
+            return [RunRef(tenant, thread_id, rid) for rid in run_ids]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in run_ids:
+                pipe.get(keys.run_thread(tenant, rid))
+            found = await pipe.execute()
+        return [
+            RunRef(tenant, tid.decode() if tid else rid, rid)
+            for rid, tid in zip(run_ids, found, strict=True)
+        ]
+
+    async def unfinished_runs(
+        self, tenant: str, thread_id: str, limit: int
+    ) -> tuple[list[RunRecord], bool, int]:
+        """Up to `limit` of the tenant's pending and running runs, oldest first (with
+        `thread_id`: that thread's active run, then its parked runs in order); whether there are
+        more; and how many records were read.
+
+        Stateless runs are not found this way. Index entries of runs that ended are dropped.
+        """
+        if thread_id:
+            tk = keys.ThreadKeys(tenant, thread_id)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hget(tk.record, "active_run")
+                pipe.lrange(tk.pending, 0, limit)
+                active, parked = await pipe.execute()
+            run_ids = list(dict.fromkeys([_decoded(active)] if active else []))
+            run_ids += [r.decode() for r in parked if r.decode() not in run_ids]
+            refs = [RunRef(tenant, thread_id, rid) for rid in run_ids[:limit]]
+            runs = await self.load_runs(refs)
+            return (
+                [r for r in runs if r.status.encode() in _UNFINISHED],
+                len(run_ids) > limit,
+                len(refs),
+            )
+        index = keys.tenant_unfinished_runs(tenant)
+        entries = [r.decode() for r in await self.redis.zrange(index, 0, limit)]
+        refs = await self.resolve_many(tenant, "", entries[:limit])
+        loaded = {r.run_id: r for r in await self.load_runs(refs)}
+        ended = {ref.run_id for ref in refs if ref.run_id not in loaded}
+        ended |= {rid for rid, r in loaded.items() if r.status.encode() not in _UNFINISHED}
+        if ended:
+            await self.redis.zrem(index, *ended)
+        unfinished = [loaded[ref.run_id] for ref in refs if ref.run_id not in ended]
+        return unfinished, len(entries) > limit, 2 * len(refs)

@@ -43,11 +43,24 @@ class ThreadService:
         return thread_view(thread, values, interrupts)
 
     async def search(
-        self, tenant: str, metadata: dict[str, Any], status: str, limit: int, offset: int
-    ) -> list[dict[str, Any]]:
-        """The tenant's threads matching `metadata` and `status`, newest first."""
-        threads = await self.store.search_threads(tenant, metadata, status, limit, offset)
-        return [thread_view(t) for t in threads]
+        self,
+        tenant: str,
+        metadata: dict[str, Any],
+        status: str,
+        limit: int,
+        offset: int,
+        thread_ids: list[str] | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The tenant's threads matching `metadata` and `status`, newest first (or those of
+        `thread_ids`, in that order); and how many thread records were read."""
+        if thread_ids:
+            threads = await self.store.threads_by_ids(
+                tenant, thread_ids, metadata, status, limit, offset
+            )
+            read = len(thread_ids)
+        else:
+            threads, read = await self.store.search_threads(tenant, metadata, status, limit, offset)
+        return [thread_view(t) for t in threads], read
 
     async def update(self, tenant: str, thread_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
         """Merge metadata into a thread."""

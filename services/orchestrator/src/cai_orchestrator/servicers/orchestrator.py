@@ -13,9 +13,11 @@ from redis.exceptions import RedisError
 
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1 import orchestrator_pb2_grpc
+from cai_common.runs import PENDING, RUNNING, WORK_TRAILER
 from cai_orchestrator.assistants import GRAPH_ID, Assistant, Assistants
 from cai_orchestrator.convert import (
     InvalidRequest,
+    id_list,
     json_field,
     json_reply,
     new_run,
@@ -40,6 +42,12 @@ _STORE_CODES = {
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
 }
 CANCEL_WAIT_S = 60.0
+# POST /runs/cancel's `status`: the run statuses it reaches.
+BULK_CANCEL_STATUSES = {
+    PENDING: {PENDING},
+    RUNNING: {RUNNING},
+    "all": {PENDING, RUNNING},
+}
 
 R = TypeVar("R")
 
@@ -69,6 +77,11 @@ def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
     return wrapper
+
+
+def _report_work(context: grpc.aio.ServicerContext, records: int) -> None:
+    """Tell the caller how many records the call read (the gateway charges by it)."""
+    context.set_trailing_metadata(((WORK_TRAILER, str(records)),))
 
 
 def _assistant(assistants: Assistants, request: pb.GetAssistantRequest) -> Assistant:
@@ -129,13 +142,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
 
     @unary
     async def SearchThreads(self, request: pb.SearchThreadsRequest, context: Any) -> pb.JsonReply:
-        """Search the caller's threads by metadata and status, newest first."""
+        """Search the caller's threads by metadata and status, newest first (or by ids)."""
         tenant = tenant_of(request.principal)
         limit, offset = page(request.limit, request.offset)
         if request.status not in ("", "idle", "busy", "interrupted", "error"):
             raise InvalidRequest("status must be idle, busy, interrupted or error")
         metadata = json_field(request.metadata_json, "metadata", {})
-        found = await self.threads.search(tenant, metadata, request.status, limit, offset)
+        thread_ids = id_list(request.thread_ids, "thread_ids")
+        found, read = await self.threads.search(
+            tenant, metadata, request.status, limit, offset, thread_ids
+        )
+        _report_work(context, read)
         return json_reply(found)
 
     @unary
@@ -203,7 +220,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         """List a thread's runs, newest first."""
         tenant = tenant_of(request.principal)
         limit, offset = page(request.limit, request.offset)
-        runs = await self.runs.list(tenant, request.thread_id, limit, offset, request.status)
+        runs, read = await self.runs.list(tenant, request.thread_id, limit, offset, request.status)
+        _report_work(context, read)
         return json_reply([run_view(r) for r in runs])
 
     async def StreamRun(
@@ -237,6 +255,22 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             tenant, request.thread_id, request.run_id, action, wait_s
         )
         return json_reply(run_view(run))
+
+    @unary
+    async def CancelRuns(self, request: pb.CancelRunsRequest, context: Any) -> pb.JsonReply:
+        """Cancel runs by id, or the caller's pending/running runs (of a thread, or of all)."""
+        tenant = tenant_of(request.principal)
+        run_ids = id_list(request.run_ids, "run_ids")
+        if bool(run_ids) == bool(request.status):
+            raise InvalidRequest("give either run_ids or a status (pending, running or all)")
+        statuses = BULK_CANCEL_STATUSES.get(request.status, set())
+        if request.status and not statuses:
+            raise InvalidRequest("status must be pending, running or all")
+        found, more, read = await self.runs.cancel_many(
+            tenant, request.thread_id, run_ids, statuses, request.action or "interrupt"
+        )
+        _report_work(context, read)
+        return json_reply({"run_ids": found, "more": more})
 
     @unary
     async def DeleteRun(self, request: pb.GetRunRequest, context: Any) -> pb.JsonReply:
