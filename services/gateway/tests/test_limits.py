@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from cai_devstack.procs import free_port
-from cai_gateway.limits import Limiter, LimiterUnavailable, message_limit_violation
+from cai_gateway.limits import Limiter, LimiterUnavailable, message_limit_violation, work_cost
 
 
 @pytest.fixture
@@ -63,6 +63,17 @@ async def test_buckets_are_shared_by_every_limiter_on_the_same_redis(
         assert not (await other.check_rate("k", rate=0.5, burst=2)).allowed
     finally:
         await other.close()
+
+
+async def test_a_request_can_cost_several_tokens_and_leave_a_debt(limiter: Limiter) -> None:
+    first = await limiter.check_rate("k", rate=1, burst=5, cost=3)
+    assert first.allowed and first.remaining == 2
+    assert not (await limiter.check_rate("k", rate=1, burst=5, cost=3)).allowed
+    # Work already done is charged even past empty: the key's next requests wait for it.
+    assert (await limiter.check_rate("k", rate=1, burst=5, cost=10, debit=True)).allowed
+    refused = await limiter.check_rate("k", rate=1, burst=5)
+    assert not refused.allowed and 8 <= refused.retry_after_s <= 10
+    assert work_cost(0) == work_cost(100) == 1 and work_cost(101) == 2 and work_cost(1000) == 10
 
 
 async def test_stream_slots_are_capped_and_released(limiter: Limiter) -> None:

@@ -75,7 +75,6 @@ UNARY: list[tuple[str, Call]] = [
     ("CreateThread", lambda c: c.create_thread(THREAD, {"a": 1}, "do_nothing")),
     ("SearchThreads", lambda c: c.search_threads(status="busy", limit=5)),
     ("GetThread", lambda c: c.get_thread(THREAD)),
-    ("GetThread", lambda c: c.find_thread(THREAD)),
     ("UpdateThread", lambda c: c.update_thread(THREAD, {"a": 2})),
     ("DeleteThread", lambda c: c.delete_thread(THREAD)),
     ("GetThreadState", lambda c: c.get_state(THREAD, "cp-1")),
@@ -95,7 +94,7 @@ UNARY: list[tuple[str, Call]] = [
     ("GetRun", lambda c: c.get_run(THREAD, RUN)),
     ("ListRuns", lambda c: c.list_runs(THREAD, status="running")),
     ("CancelRun", lambda c: c.cancel_run(THREAD, RUN, action="interrupt")),
-    ("CancelRun", lambda c: c.try_cancel_run(THREAD, RUN, "rollback")),
+    ("CancelRuns", lambda c: c.cancel_runs(THREAD, status="all", action="rollback")),
     ("DeleteRun", lambda c: c.delete_run(THREAD, RUN)),
 ]
 
@@ -175,13 +174,11 @@ async def test_only_not_found_means_missing(
 ) -> None:
     servicer, client = served
     servicer.fail = (grpc.StatusCode.NOT_FOUND, "gone")
-    assert await client.find_thread(THREAD) is None
     assert await client.find_values(THREAD) is None
-    assert await client.try_cancel_run(THREAD, RUN, "interrupt") is False
     # Another tenant's thread stays an error (a 404 problem), never a silent "missing".
     servicer.fail = (grpc.StatusCode.PERMISSION_DENIED, "not yours")
     with pytest.raises(Problem) as caught:
-        await client.find_thread(THREAD)
+        await client.find_values(THREAD)
     assert caught.value.status == 404
 
 

@@ -1,5 +1,6 @@
 """Typed FastAPI dependencies: settings, the caller (auth + rate limit), the orchestrator client
-bound to the caller, and stream slots (the per-key concurrency cap)."""
+bound to the caller, stream slots (the per-key concurrency cap) and the work meter (rate-limit
+tokens in proportion to the records a request reads)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from prometheus_client import Counter
 from cai.v1 import common_pb2
 from cai_gateway.auth import ApiKey, KeyRing, presented_key
 from cai_gateway.config import Settings
-from cai_gateway.limits import Limiter, LimiterUnavailable, StreamSlot
+from cai_gateway.limits import Limiter, LimiterUnavailable, StreamSlot, work_cost
 from cai_gateway.orchestrator import OrchestratorClient
 from cai_gateway.problems import Problem
 
@@ -113,23 +114,64 @@ async def get_caller(
             anonymous=True,
         )
     request.state.caller = caller
-    limiter: Limiter | None = request.app.state.limiter
-    if limiter is not None and caller.rate_per_second > 0:
-        try:
-            decision = await limiter.check_rate(caller.key_id, caller.rate_per_second, caller.burst)
-        except LimiterUnavailable:
-            raise Problem(
-                503, "Rate limits cannot be checked right now", headers={"Retry-After": "2"}
-            ) from None
-        if not decision.allowed:
-            raise Problem(
-                429,
-                f"Rate limit exceeded: {caller.rate_per_second:g} requests/s, "
-                f"bursts of {caller.burst}",
-                headers={"Retry-After": str(decision.retry_after_s)},
-                retry_after=decision.retry_after_s,
-            )
+    await _take_tokens(request.app.state.limiter, caller, 1)
     return caller
+
+
+async def _take_tokens(
+    limiter: Limiter | None, caller: Caller, cost: int, *, debit: bool = False
+) -> None:
+    """Take `cost` tokens from the caller's bucket (429 when it cannot pay, unless `debit`)."""
+    if limiter is None or caller.rate_per_second <= 0 or cost <= 0:
+        return
+    try:
+        decision = await limiter.check_rate(
+            caller.key_id, caller.rate_per_second, caller.burst, cost, debit=debit
+        )
+    except LimiterUnavailable:
+        raise Problem(
+            503, "Rate limits cannot be checked right now", headers={"Retry-After": "2"}
+        ) from None
+    if not decision.allowed:
+        raise Problem(
+            429,
+            f"Rate limit exceeded: {caller.rate_per_second:g} requests/s, "
+            f"bursts of {caller.burst}"
+            + (f"; this request needs {cost} more tokens (1 per 100 records)" if cost > 1 else ""),
+            headers={"Retry-After": str(decision.retry_after_s)},
+            retry_after=decision.retry_after_s,
+        )
+
+
+@dataclass
+class WorkMeter:
+    """Charges a request that may read many records for them, beyond the token every request
+    pays (`work_cost`): what it asks for up front, what it read in excess of that afterwards."""
+
+    limiter: Limiter | None
+    caller: Caller
+    paid: int = 1  # tokens taken so far (get_caller took one)
+
+    async def reserve(self, records: int) -> None:
+        """Before the work: pay for `records` (429 if the bucket cannot). Never more than a full
+        bucket holds, so every request can go through eventually."""
+        cost = min(work_cost(records), max(1, self.caller.burst)) - self.paid
+        await _take_tokens(self.limiter, self.caller, cost)
+        self.paid += max(0, cost)
+
+    async def settle(self, records: int) -> None:
+        """After the work: pay for what was read beyond what was reserved, as a debt the
+        key's next requests wait for."""
+        cost = work_cost(records) - self.paid
+        await _take_tokens(self.limiter, self.caller, cost, debit=True)
+        self.paid += max(0, cost)
+
+
+async def get_work_meter(
+    request: Request, caller: Annotated[Caller, Depends(get_caller)]
+) -> WorkMeter:
+    """The request's work meter (rate-limit tokens in proportion to the records it reads)."""
+    return WorkMeter(request.app.state.limiter, caller)
 
 
 async def get_orchestrator_client(
@@ -198,3 +240,4 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 OrchestratorClientDep = Annotated[OrchestratorClient, Depends(get_orchestrator_client)]
 StreamSlotDep = Annotated[StreamSlot, Depends(get_stream_slot)]
 LastEventIdDep = Annotated[str | None, Depends(last_event_id)]
+WorkMeterDep = Annotated[WorkMeter, Depends(get_work_meter)]

@@ -37,12 +37,14 @@ LIMITER_UNAVAILABLE = Counter(
     "Limit checks that could not reach Redis (let through when failing open).",
 )
 
-# Token bucket: KEYS[1] = bucket hash; ARGV = rate per second, burst, cost.
+# Token bucket: KEYS[1] = bucket hash; ARGV = rate per second, burst, cost, '1' to take the cost
+# even past empty (a debt: work already done is paid for by the requests that follow).
 # Returns {allowed (0|1), retry_after_ms, tokens_left}.
 TOKEN_BUCKET = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local debit = ARGV[4] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -55,15 +57,15 @@ end
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
 local allowed = 0
 local retry_ms = 0
-if tokens >= cost then
+if tokens >= cost or debit then
   tokens = tokens - cost
   allowed = 1
 else
   retry_ms = math.ceil((cost - tokens) * 1000 / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return {allowed, retry_ms, math.floor(tokens)}
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / rate) + 1000)
+return {allowed, retry_ms, math.max(0, math.floor(tokens))}
 """
 
 # Stream slots: KEYS[1] = sorted set of slot ids scored by expiry (ms); ARGV = cap, slot id, ttl.
@@ -196,20 +198,24 @@ class Limiter:
 
     # -- rate ---------------------------------------------------------------------------------
 
-    async def check_rate(self, key_id: str, rate: float, burst: int, cost: int = 1) -> Decision:
-        """Take `cost` tokens from the key's bucket.
+    async def check_rate(
+        self, key_id: str, rate: float, burst: int, cost: int = 1, *, debit: bool = False
+    ) -> Decision:
+        """Take `cost` tokens from the key's bucket; with `debit`, even past empty (always
+        allowed: the requests that follow wait until the debt is refilled).
 
         Raises:
             LimiterUnavailable: Redis is unreachable and the limiter fails closed.
         """
-        if rate <= 0:
+        if rate <= 0 or cost <= 0:
             return Decision(True)
         if self._skip_redis():
             self._unavailable()
             return Decision(True)
         try:
             allowed, retry_ms, left = await self._bucket(
-                keys=[f"{self.prefix}:rate:{key_id}"], args=[rate, max(1, burst), cost]
+                keys=[f"{self.prefix}:rate:{key_id}"],
+                args=[rate, max(1, burst), cost, "1" if debit else "0"],
             )
         except (RedisError, OSError) as exc:
             self._redis_failed(exc)
@@ -305,6 +311,18 @@ class Limiter:
                 await self.redis.zrem(self._slots_key(key_id), *slots)
         self._live.clear()
         await self.redis.aclose()
+
+
+# Requests that may read many records pay for them: one token per RECORDS_PER_TOKEN records,
+# where cancelling a run counts as CANCEL_RECORDS records (docs/api.md, "Limits").
+RECORDS_PER_TOKEN = 100
+CANCEL_RECORDS = 10
+
+
+def work_cost(records: int) -> int:
+    """Tokens a request that reads `records` records costs (at least the one every request
+    costs)."""
+    return max(1, math.ceil(records / RECORDS_PER_TOKEN))
 
 
 def message_text_length(content: Any) -> int:

@@ -16,6 +16,7 @@ from opentelemetry.propagate import inject
 from cai.v1 import common_pb2
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
+from cai_common.runs import WORK_TRAILER
 from cai_gateway.problems import from_rpc_error
 from cai_gateway.runs import CreatedRun, create_run, watch
 from cai_gateway.schemas import RunCreate
@@ -68,6 +69,14 @@ class OrchestratorClient:
     async def _json(self, method: str, request: Any, *, extra_s: float = 0) -> bytes:
         return await self._call(method, request, extra_s=extra_s) or b""
 
+    async def _metered(self, method: str, request: Any) -> tuple[bytes, int]:
+        """The reply's JSON and how many records the orchestrator read for it."""
+        call = getattr(self.stub, method)(request, timeout=self.timeout)
+        reply: pb.JsonReply = await _mapped(call)  # type: ignore[assignment]  # never None here
+        trailer = await call.trailing_metadata()
+        read = trailer.get(WORK_TRAILER) if trailer is not None else None
+        return bytes(reply.json), int(read or 0)
+
     # -- threads ---------------------------------------------------------------------------------
 
     async def create_thread(self, thread_id: str, metadata: Any, if_exists: str) -> bytes:
@@ -78,22 +87,18 @@ class OrchestratorClient:
         ))  # fmt: skip
 
     async def search_threads(
-        self, *, metadata: Any = None, status: str = "", limit: int = 10, offset: int = 0
-    ) -> bytes:
-        """SearchThreads, newest first."""
-        return await self._json("SearchThreads", pb.SearchThreadsRequest(
+        self, *, metadata: Any = None, status: str = "", limit: int = 10, offset: int = 0,
+        thread_ids: Sequence[str] = (),
+    ) -> tuple[bytes, int]:  # fmt: skip
+        """SearchThreads, newest first (or the `thread_ids`, in order); and the records read."""
+        return await self._metered("SearchThreads", pb.SearchThreadsRequest(
             principal=self.principal, metadata_json=dumps(metadata or {}), status=status,
-            limit=limit, offset=offset,
+            limit=limit, offset=offset, thread_ids=thread_ids,
         ))  # fmt: skip
 
     async def get_thread(self, thread_id: str) -> bytes:
         """GetThread."""
         return await self._json("GetThread", self._thread(thread_id))
-
-    async def find_thread(self, thread_id: str) -> dict[str, Any] | None:
-        """GetThread, decoded; None when there is no such thread."""
-        thread = await self._call("GetThread", self._thread(thread_id), missing_ok=True)
-        return None if thread is None else orjson.loads(thread)
 
     async def update_thread(self, thread_id: str, metadata: Any) -> bytes:
         """UpdateThread (merges metadata)."""
@@ -189,9 +194,9 @@ class OrchestratorClient:
 
     async def list_runs(
         self, thread_id: str, *, limit: int = 10, offset: int = 0, status: str = ""
-    ) -> bytes:
-        """ListRuns, newest first."""
-        return await self._json("ListRuns", pb.ListRunsRequest(
+    ) -> tuple[bytes, int]:
+        """ListRuns, newest first; and the records read."""
+        return await self._metered("ListRuns", pb.ListRunsRequest(
             principal=self.principal, thread_id=thread_id, limit=limit, offset=offset,
             status=status,
         ))  # fmt: skip
@@ -206,12 +211,15 @@ class OrchestratorClient:
         )  # fmt: skip
         return await self._json("CancelRun", request, extra_s=CANCEL_WAIT_SECONDS if wait else 0)
 
-    async def try_cancel_run(self, thread_id: str, run_id: str, action: str) -> bool:
-        """CancelRun; False when there is no such run."""
-        request = pb.CancelRunRequest(
-            principal=self.principal, thread_id=thread_id, run_id=run_id, action=action
-        )
-        return await self._call("CancelRun", request, missing_ok=True) is not None
+    async def cancel_runs(
+        self, thread_id: str, *, run_ids: Sequence[str] = (), status: str = "", action: str = ""
+    ) -> tuple[dict[str, Any], int]:
+        """CancelRuns (by ids, or by status): `{run_ids: [found], more}` and the records read."""
+        reply, read = await self._metered("CancelRuns", pb.CancelRunsRequest(
+            principal=self.principal, thread_id=thread_id, run_ids=run_ids, status=status,
+            action=action,
+        ))  # fmt: skip
+        return orjson.loads(reply), read
 
     async def delete_run(self, thread_id: str, run_id: str) -> None:
         """DeleteRun (a finished run)."""

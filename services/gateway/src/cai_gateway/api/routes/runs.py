@@ -3,7 +3,6 @@ on a thread or stateless (a temporary thread the orchestrator drops when the run
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -13,14 +12,20 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
-from cai_common.runs import END, ERROR, PENDING, RUNNING
+from cai_common.runs import END, ERROR
 from cai_gateway.api.openapi import ERRORS, json_ok, sse_ok
 from cai_gateway.api.routing import OrjsonRoute
 from cai_gateway.api.scope import RunScope, on_thread_or_stateless
 from cai_gateway.config import Settings
-from cai_gateway.deps import LastEventIdDep, OrchestratorClientDep, SettingsDep, StreamSlotDep
+from cai_gateway.deps import (
+    LastEventIdDep,
+    OrchestratorClientDep,
+    SettingsDep,
+    StreamSlotDep,
+    WorkMeterDep,
+)
 from cai_gateway.dialects import ENDED_BECAUSE
-from cai_gateway.limits import StreamSlot, message_limit_violation
+from cai_gateway.limits import CANCEL_RECORDS, StreamSlot, message_limit_violation
 from cai_gateway.models import Run
 from cai_gateway.orchestrator import OrchestratorClient
 from cai_gateway.problems import Problem
@@ -272,12 +277,17 @@ RunStatus = Literal["pending", "running", "success", "error", "timeout", "interr
 async def list_runs(
     thread_id: UUID,
     orch: OrchestratorClientDep,
+    meter: WorkMeterDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     status: RunStatus | None = None,
 ) -> Response:
     """List a thread's runs, newest first."""
-    runs = await orch.list_runs(str(thread_id), limit=limit, offset=offset, status=status or "")
+    await meter.reserve(limit)
+    runs, read = await orch.list_runs(
+        str(thread_id), limit=limit, offset=offset, status=status or ""
+    )
+    await meter.settle(read)
     return Response(runs, media_type=JSON)
 
 
@@ -301,45 +311,28 @@ async def delete_run(thread_id: UUID, run_id: UUID, orch: OrchestratorClientDep)
     return Response(status_code=204)
 
 
-async def _runs_to_cancel(body: RunsCancel, orch: OrchestratorClient) -> list[tuple[str, str]]:
-    """(thread id, run id) of the runs a bulk cancel names or selects by status."""
-    thread_id = str(body.thread_id) if body.thread_id else ""
-    if body.run_ids:
-        return [(thread_id, str(r)) for r in dict.fromkeys(body.run_ids)]
-    wanted = {PENDING, RUNNING} if body.status == "all" else {body.status or ""}
-    if thread_id:
-        threads = [thread_id]
-    else:
-        busy = await orch.search_threads(status="busy", limit=1000)
-        threads = [t["thread_id"] for t in orjson.loads(busy)]
-    found: list[tuple[str, str]] = []
-    for tid in threads:
-        for status in sorted(wanted):
-            runs = await orch.list_runs(tid, limit=1000, status=status)
-            found += [(tid, r["run_id"]) for r in orjson.loads(runs)]
-    return found
-
-
 @router.post("/runs/cancel", status_code=204, response_class=Response)
 async def cancel_runs(
     body: RunsCancel,
     orch: OrchestratorClientDep,
+    meter: WorkMeterDep,
     action: Literal["interrupt", "rollback"] = "interrupt",
 ) -> Response:
-    """Cancel runs by id (on a thread or not), or every pending/running run of a thread or of
-    the caller's threads."""
+    """Cancel runs by id (on a thread or not), or up to 1000 pending/running runs of a thread
+    or of the caller's threads, oldest first."""
     if not body.run_ids and not body.status:
         raise Problem(422, "give run_ids, or a status (pending, running or all)")
     if body.run_ids and body.status:
         raise Problem(422, "give either run_ids or status, not both")
-    targets = await _runs_to_cancel(body, orch)
-    limit = asyncio.Semaphore(16)
-
-    async def cancel(thread_id: str, run_id: str) -> bool:
-        async with limit:
-            return await orch.try_cancel_run(thread_id, run_id, action)
-
-    done = await asyncio.gather(*(cancel(t, r) for t, r in targets))
-    if body.run_ids and not any(done):
+    run_ids = [str(r) for r in dict.fromkeys(body.run_ids or [])]
+    await meter.reserve(len(run_ids) * CANCEL_RECORDS)
+    reply, read = await orch.cancel_runs(
+        str(body.thread_id) if body.thread_id else "",
+        run_ids=run_ids,
+        status=body.status or "",
+        action=action,
+    )
+    await meter.settle(max(read, len(reply["run_ids"]) * CANCEL_RECORDS))
+    if run_ids and not reply["run_ids"]:
         raise Problem(404, "None of the runs was found")
     return Response(status_code=204)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 
 from cai_gateway.api.openapi import ERRORS, json_ok
 from cai_gateway.api.routing import OrjsonRoute
-from cai_gateway.deps import OrchestratorClientDep
+from cai_gateway.deps import OrchestratorClientDep, WorkMeter, WorkMeterDep
 from cai_gateway.models import CheckpointConfig, Thread, ThreadState
 from cai_gateway.orchestrator import OrchestratorClient
 from cai_gateway.problems import Problem
@@ -43,30 +42,23 @@ async def create_thread(body: ThreadCreate, orch: OrchestratorClientDep) -> Resp
 
 
 @router.post("/threads/search", responses=json_ok(list[Thread]))
-async def search_threads(body: ThreadSearch, orch: OrchestratorClientDep) -> Response:
-    """Search the caller's threads by metadata and status, newest first."""
+async def search_threads(
+    body: ThreadSearch, orch: OrchestratorClientDep, meter: WorkMeterDep
+) -> Response:
+    """Search the caller's threads by metadata and status, newest first (or by ids)."""
     if body.values:
         raise Problem(422, "values: searching threads by state values is not supported")
-    if body.ids is not None:
-        return _json(orjson.dumps(await _threads_by_id(body, orch)))
-    threads = await orch.search_threads(
-        metadata=body.metadata, status=body.status or "", limit=body.limit, offset=body.offset
+    ids = [str(i) for i in dict.fromkeys(body.ids or [])]
+    await meter.reserve(max(body.limit, len(ids)))
+    threads, read = await orch.search_threads(
+        metadata=body.metadata,
+        status=body.status or "",
+        limit=body.limit,
+        offset=body.offset,
+        thread_ids=ids,
     )
+    await meter.settle(read)
     return _json(threads)
-
-
-async def _threads_by_id(body: ThreadSearch, orch: OrchestratorClient) -> list[dict[str, Any]]:
-    ids = list(dict.fromkeys(body.ids or []))
-    threads = await asyncio.gather(*(orch.find_thread(str(i)) for i in ids))
-    found = [t for t in threads if t is not None]
-    metadata = body.metadata or {}
-    found = [
-        t
-        for t in found
-        if all(t.get("metadata", {}).get(k) == v for k, v in metadata.items())
-        and (body.status is None or t.get("status") == body.status)
-    ]
-    return found[body.offset : body.offset + body.limit]
 
 
 @router.get("/threads/{thread_id}", responses=json_ok(Thread))
@@ -133,12 +125,15 @@ async def get_thread_state_at(
 
 async def _history(
     orch: OrchestratorClient,
+    meter: WorkMeter,
     thread_id: UUID,
     limit: int,
     before: str,
     metadata: dict[str, Any] | None,
 ) -> Response:
-    history = await orch.history(str(thread_id), 1000 if metadata or before else limit, before)
+    asked = 1000 if metadata or before else limit
+    await meter.reserve(asked)  # checkpoints count as records
+    history = await orch.history(str(thread_id), asked, before)
     if not metadata and not before:
         return _json(history)
     states: list[dict[str, Any]] = orjson.loads(history)
@@ -159,11 +154,12 @@ async def _history(
 async def get_thread_history(
     thread_id: UUID,
     orch: OrchestratorClientDep,
+    meter: WorkMeterDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
     before: CheckpointIdQuery = None,
 ) -> Response:
     """A thread's past states, newest first."""
-    return await _history(orch, thread_id, limit, before or "", None)
+    return await _history(orch, meter, thread_id, limit, before or "", None)
 
 
 @router.post("/threads/{thread_id}/history", responses=json_ok(list[ThreadState]))
@@ -171,6 +167,7 @@ async def search_thread_history(
     thread_id: UUID,
     body: HistoryQuery,
     orch: OrchestratorClientDep,
+    meter: WorkMeterDep,
 ) -> Response:
     """A thread's past states, newest first, optionally filtered by checkpoint metadata."""
-    return await _history(orch, thread_id, body.limit, body.before_id(), body.metadata)
+    return await _history(orch, meter, thread_id, body.limit, body.before_id(), body.metadata)
