@@ -21,6 +21,7 @@ SECURITY_ENV: dict[str, str] = {
     "MAX_MESSAGES": "50",
     "LLM_MAX_RETRIES": "0",
     "SHUTDOWN_GRACE_SECONDS": "2",
+    "RUNS_PER_THREAD_INDEX": "20",  # finding 7: a thread's run list keeps its newest 20 runs
 }
 
 

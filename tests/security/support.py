@@ -24,6 +24,12 @@ ASSISTANTS = """
   name: Locked persona
   system_prompt: "You are the locked persona."
   allow_system_prompt_override: false
+- id: looper
+  name: Looper
+  description: calls a tool every turn; its recursion limit ends it
+  recursion_limit: 4
+  model_headers: {X-Sim-Tool-Mode: always}
+  tools: ["tests.e2e.agent_tools:echo"]
 """
 
 
@@ -33,6 +39,7 @@ class Keys:
 
     red: str = "red-key-0123456789abcdefghij"  # tenant red
     blue: str = "blue-key-0123456789abcdefghi"  # tenant blue
+    metered: str = "metered-key-0123456789abcdef"  # tenant red, a bucket of 40 that barely refills
 
 
 KEYS = Keys()
@@ -44,4 +51,9 @@ def keys_yaml(keys: Keys = KEYS) -> str:
 keys:
   - {{id: red, tenant: red, sha256: "{hash_key(keys.red)}"}}
   - {{id: blue, tenant: blue, sha256: "{hash_key(keys.blue)}"}}
+  - id: metered
+    tenant: red
+    sha256: "{hash_key(keys.metered)}"
+    rate_limit_per_second: 0.01
+    rate_limit_burst: 40
 """
