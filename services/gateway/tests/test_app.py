@@ -209,7 +209,7 @@ async def test_bad_content_length_is_a_400(make_app: AppFactory) -> None:
         (grpc.StatusCode.INVALID_ARGUMENT, 422),
         (grpc.StatusCode.FAILED_PRECONDITION, 409),
         (grpc.StatusCode.ALREADY_EXISTS, 409),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
         (grpc.StatusCode.UNAVAILABLE, 503),
         (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
         (grpc.StatusCode.INTERNAL, 502),

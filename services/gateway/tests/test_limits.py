@@ -173,7 +173,9 @@ async def test_redis_down_fails_closed_when_asked() -> None:
         ),
         ([{"role": "user", "content": "a"}] * 4, "too many messages: 4 > 3"),
         ([["user", "x" * 20]], "messages[0] is too long: 24 > 10 characters"),
-        ("not a list", None),
+        ("a message", None),
+        ("x" * 11, "messages[0] is too long: 11 > 10 characters"),
+        ({"role": "user", "content": "x" * 11}, "messages[0] is too long: 11 > 10 characters"),
     ],
 )
 def test_message_limits(messages: object, expected: str | None) -> None:

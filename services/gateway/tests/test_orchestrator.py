@@ -140,7 +140,7 @@ async def test_replies_are_the_orchestrators_json_and_runs_their_ids(
         (grpc.StatusCode.PERMISSION_DENIED, 404, "thread not found", None),
         (grpc.StatusCode.INVALID_ARGUMENT, 422, "thread not found", None),
         (grpc.StatusCode.FAILED_PRECONDITION, 409, "thread not found", None),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "thread not found", None),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 413, "thread not found", None),
         (
             grpc.StatusCode.UNAVAILABLE,
             503,

@@ -341,7 +341,13 @@ def message_text_length(content: Any) -> int:
 
 
 def message_limit_violation(messages: Any, max_messages: int, max_chars: int) -> str | None:
-    """Why `messages` breaks the limits (too many, or one too long), or None."""
+    """Why `messages` breaks the limits (too many, or one too long), or None.
+
+    A single message (a string or an object, which LangGraph accepts in place of a list) is
+    measured as a list of one.
+    """
+    if isinstance(messages, str | dict):
+        messages = [messages]
     if not isinstance(messages, list):
         return None
     if len(messages) > max_messages:

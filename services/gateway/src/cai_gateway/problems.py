@@ -43,7 +43,8 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.ABORTED: 409,
     grpc.StatusCode.PERMISSION_DENIED: 404,  # never reveal that another tenant's id exists
     grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    # The orchestrator's size limits (a thread's state); rate limits are the gateway's own.
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.CANCELLED: 503,

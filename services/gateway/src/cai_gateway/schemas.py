@@ -25,6 +25,20 @@ CheckpointIdQuery = Annotated[str | None, Query(min_length=1, max_length=64, pat
 Metadata = dict[str, Any]
 
 
+def update_messages(update: Any) -> Any:
+    """The messages a state update writes (for the message limits): `{"messages": …}`, or the
+    `messages` entries of LangGraph's `[["messages", …], …]` form."""
+    if isinstance(update, dict):
+        return update.get("messages")
+    if not isinstance(update, list):
+        return None
+    found: list[Any] = []
+    for item in update:
+        if isinstance(item, list | tuple) and len(item) == 2 and item[0] == "messages":
+            found.extend(item[1] if isinstance(item[1], list) else [item[1]])
+    return found or None
+
+
 class ThreadCreate(BaseModel):
     """POST /threads."""
 
@@ -78,6 +92,10 @@ class ThreadStateUpdate(BaseModel):
     as_node: str | None = Field(default=None, min_length=1, max_length=128)
     checkpoint_id: CheckpointId | None = None
     checkpoint: CheckpointRef | None = None
+
+    def values_messages(self) -> Any:
+        """The messages `values` writes, if any (for the message limits)."""
+        return update_messages(self.values)
 
     def target_checkpoint(self) -> str:
         """The checkpoint to fork from ("" = the latest)."""
@@ -159,6 +177,10 @@ class RunCreate(BaseModel):
     def input_messages(self) -> Any:
         """`input.messages`, if any (for the message limits)."""
         return (self.input or {}).get("messages")
+
+    def command_messages(self) -> Any:
+        """The messages `command.update` writes, if any (for the message limits)."""
+        return update_messages((self.command or {}).get("update"))
 
 
 class RunsCancel(BaseModel):

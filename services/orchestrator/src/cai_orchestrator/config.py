@@ -54,13 +54,23 @@ class Settings(ServiceSettings):
     # Token deltas that follow within this window are coalesced into one event (the first token
     # of a message, and any after a pause, go out at once). 25 ms: 40 updates a second at most.
     coalesce_ms: float = 25.0
-    # Event logs and run records live this long after a run ends.
+    # Event logs and run records live this long after a run ends (never longer than the thread).
     event_log_ttl_seconds: int = 3600
     run_record_ttl_seconds: int = 7 * 24 * 3600
     # A thread's run list keeps its newest runs: older finished runs are deleted as new ones come.
     runs_per_thread_index: int = Field(default=1000, ge=1)
+    # A thread, its run records and its checkpoints (on the Redis checkpointer) expire this long
+    # after their last use; a thread never expires while a run of it is active. 0: keep forever.
+    thread_ttl_seconds: int = 30 * 24 * 3600
+    # The largest state (JSON bytes of its values) a thread may grow to: state updates and runs
+    # that would pass it are refused (RESOURCE_EXHAUSTED). 0: no limit.
+    max_thread_state_bytes: int = 8 * 1024 * 1024
     # How long StreamRun waits for a new event before sending an empty heartbeat reply.
     stream_heartbeat_seconds: float = 10.0
+
+    def within_thread_ttl(self, seconds: int) -> int:
+        """`seconds`, cut to the thread TTL: nothing of a thread outlives the thread."""
+        return min(seconds, self.thread_ttl_seconds) if self.thread_ttl_seconds > 0 else seconds
 
     @property
     def effective_checkpoint_url(self) -> str:

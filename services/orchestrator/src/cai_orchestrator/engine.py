@@ -52,7 +52,12 @@ class Engine:
     ) -> Engine:
         """Compose the engine over three Redis clients (shared, tailer's, pub/sub's)."""
         s = settings
-        store = RunStore(redis, s.run_record_ttl_seconds, runs_per_thread=s.runs_per_thread_index)
+        store = RunStore(
+            redis,
+            s.run_record_ttl_seconds,
+            runs_per_thread=s.runs_per_thread_index,
+            thread_ttl_s=s.thread_ttl_seconds,
+        )
         queue = RunQueue(redis, s.replica_id)
         bus = CancelBus(redis, pubsub_redis)
         batcher = EventBatcher(redis)  # every run's events, one pipeline at a time
@@ -60,13 +65,22 @@ class Engine:
             redis,
             s.coalesce_ms / 1000,
             int(s.run_timeout_seconds * s.max_attempts) + s.event_log_ttl_seconds,
-            s.event_log_ttl_seconds,
+            s.within_thread_ttl(s.event_log_ttl_seconds),
             batcher,
         )
         tailer = LogTailer(tail_redis, redis, s.replica_id, block_ms=TAIL_BLOCK_MS)
         state = ThreadState(graph)
-        runs = RunService(store, queue, bus, logs, tailer, assistants, s.stream_heartbeat_seconds)
-        threads = ThreadService(store, state, runs)
+        runs = RunService(
+            store,
+            queue,
+            bus,
+            logs,
+            tailer,
+            assistants,
+            s.stream_heartbeat_seconds,
+            s.max_thread_state_bytes,
+        )
+        threads = ThreadService(store, state, runs, s.max_thread_state_bytes)
         executor = RunExecutor(s, store, queue, state, graph, assistants, bus)
         leases = Leases(redis, s.replica_id, s.lease_seconds)
         worker = Worker(s, runs, executor, leases, logs, state)

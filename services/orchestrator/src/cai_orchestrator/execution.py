@@ -22,9 +22,9 @@ from cai_orchestrator.cancel import CancelBus
 from cai_orchestrator.config import Settings
 from cai_orchestrator.events import EventWriter, dumps
 from cai_orchestrator.queue import RunQueue
-from cai_orchestrator.records import RunRecord, RunRef
+from cai_orchestrator.records import RunRecord, RunRef, state_too_large
 from cai_orchestrator.runner import DEFAULT_RECURSION_LIMIT, execute
-from cai_orchestrator.state import ThreadState
+from cai_orchestrator.state import ThreadState, run_write_size
 from cai_orchestrator.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,25 @@ class RunExecutor:
         if action:
             await self.finish_cancelled(run, writer, action)
             return
+        if attempt == 1 and await self.refused_as_too_large(run, writer):
+            return
         await writer.emit(METADATA, dumps({"run_id": run.run_id, "attempt": attempt}))
         await self.execute(run, writer, control)
+
+    async def refused_as_too_large(self, run: RunRecord, writer: EventWriter) -> bool:
+        """End a run whose input would grow its thread's state past the limit (the thread grew
+        while the run waited); True if it did."""
+        limit = self.settings.max_thread_state_bytes
+        if not limit or not run.thread_id or run.temporary:
+            return False
+        thread = await self.store.get_thread(run.tenant, run.thread_id)
+        current = thread.state_bytes if thread else 0
+        too_large = state_too_large(run.thread_id, current, run_write_size(run.kwargs), limit)
+        if too_large is None:
+            return False
+        payload = {"error": "ThreadStateTooLarge", "message": too_large.message}
+        await self.finish(run, writer, ERROR, "error", payload, state_bytes=current)
+        return True
 
     async def execute(self, run: RunRecord, writer: EventWriter, control: RunControl) -> None:
         """Execute the graph in a span that continues the trace of the request that created it."""
@@ -148,8 +165,9 @@ class RunExecutor:
             return ERROR
         if control.cancel_action is not None:
             log.info("the cancel came after the graph had finished; the run succeeded")
-        waiting = await self.state.is_waiting(run.ref.thread_keys)
-        await self.finish(run, writer, SUCCESS, "interrupted" if waiting else "idle", None, END)
+        waiting, size = await self.state.waiting_and_size(run.ref.thread_keys)
+        thread_status = "interrupted" if waiting else "idle"
+        await self.finish(run, writer, SUCCESS, thread_status, None, END, state_bytes=size)
         log.info("run finished", extra={"seconds": round(time.monotonic() - started, 3)})
         return SUCCESS
 
@@ -168,17 +186,26 @@ class RunExecutor:
         thread_status: str,
         payload: dict[str, Any] | None,
         event: str | None = None,
+        state_bytes: int | None = None,
     ) -> None:
-        """Write what is pending, then the terminal event with the final status; queue the
-        thread's next run."""
+        """Write what is pending, then the terminal event with the final status (and the size
+        the thread's state has now, for the state limit); queue the thread's next run."""
         await writer.finish()
         message = (payload or {}).get("message", "") if status != SUCCESS else ""
         if run.temporary:  # a stateless run's thread goes away with it
             await self.state.delete(run.ref.thread_keys)
             await self.store.drop_thread_keys(run.ref)
+        elif run.thread_id and state_bytes is None:
+            state_bytes = await self.state.size(run.ref.thread_keys)
         terminal = (event or status, dumps(payload))
         nxt = await self.store.finish_run(
-            run, status, thread_status, message, terminal, self.settings.event_log_ttl_seconds
+            run,
+            status,
+            thread_status,
+            message,
+            terminal,
+            self.settings.event_log_ttl_seconds,
+            state_bytes,
         )
         if nxt is not None:
             await self.queue.append(RunRef(run.tenant, run.thread_id, nxt[0]), nxt[1])

@@ -8,9 +8,13 @@ touched here: appending a dispatched run to it is the caller's second, idempoten
 # The run is recorded and the thread's multitask strategy decided, atomically.
 # KEYS: 1 thread, 2 pending, 3 thread runs, 4 run, 5 idempotency key
 # ARGV: 1 run_id, 2 tenant, 3 strategy, 4 now_iso, 5 score, 6 'create' a missing thread or not,
-#       7 run fields (json), 8 idempotency ttl (0: no key), 9 run-key prefix, 10 thread_id
-# Returns {outcome, run_id, run asked to stop}; outcome: existing | no_thread | conflict |
-# dispatched (the thread's active run now) | queued (waits behind the active run).
+#       7 run fields (json), 8 idempotency ttl (0: no key), 9 run-key prefix, 10 thread_id,
+#       11 '1' if the run is stateless (the thread it creates is temporary)
+# Returns {outcome, run_id, run asked to stop}; outcome: existing | no_thread (none, or being
+# deleted) | temporary (a stateless run's thread) | conflict | dispatched (the thread's active
+# run now) | queued (waits behind the active run).
+# A thread with an active run never expires: its keys lose their TTL here and get it back when
+# the thread goes idle (FINISH_RUN).
 CREATE_RUN = """
 if ARGV[8] ~= '0' then
   local existing = redis.call('GET', KEYS[5])
@@ -22,9 +26,11 @@ if not owner then
   if ARGV[6] ~= 'create' then return {'no_thread', '', ''} end
   redis.call('HSET', KEYS[1], 'thread_id', ARGV[10], 'tenant', ARGV[2],
     'created_at', ARGV[4], 'updated_at', ARGV[4], 'metadata', '{}', 'status', 'idle',
-    'active_run', '')
-elseif owner ~= ARGV[2] then
+    'active_run', '', 'temporary', ARGV[11])
+elseif owner ~= ARGV[2] or redis.call('HGET', KEYS[1], 'deleting') == '1' then
   return {'no_thread', '', ''}
+elseif redis.call('HGET', KEYS[1], 'temporary') == '1' then
+  return {'temporary', '', ''}
 end
 local active = redis.call('HGET', KEYS[1], 'active_run')
 local outcome = 'dispatched'
@@ -46,17 +52,23 @@ local fields = cjson.decode(ARGV[7])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[4], k, v) end
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'busy', 'updated_at', ARGV[4])
-if outcome == 'dispatched' then redis.call('HSET', KEYS[1], 'active_run', ARGV[1]) end
+if outcome == 'dispatched' then
+  redis.call('HSET', KEYS[1], 'active_run', ARGV[1])
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+  redis.call('PERSIST', KEYS[3])
+end
 if ARGV[8] ~= '0' then redis.call('SET', KEYS[5], ARGV[1], 'EX', tonumber(ARGV[8])) end
 return {outcome, ARGV[1], interrupts}
 """
 
 # The terminal event and the final status land together (whoever sees one sees the other), and
 # the thread passes to its next pending run.
-# KEYS: 1 thread, 2 pending, 3 run, 4 event log
+# KEYS: 1 thread, 2 pending, 3 run, 4 event log, 5 thread runs
 # ARGV: 1 run_id, 2 status, 3 now_iso, 4 thread status when nothing follows, 5 run ttl, 6 error,
 #       7 terminal event name, 8 terminal event data, 9 event log ttl, 10 '1' if the run has a
-#       thread to hand on, 11 run-key prefix
+#       thread to hand on, 11 run-key prefix, 12 thread ttl once idle (0: none), 13 the thread's
+#       state size now ('' = unknown)
 # Returns {'next', run_id, trace} when a run follows (the caller queues it), else {what}.
 FINISH_RUN = """
 redis.call('XADD', KEYS[4], '*', 'e', ARGV[7], 'd', ARGV[8])
@@ -65,6 +77,7 @@ redis.call('HSET', KEYS[3], 'status', ARGV[2], 'updated_at', ARGV[3], 'error', A
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
 if ARGV[10] ~= '1' then return {'no_thread'} end
 if redis.call('HGET', KEYS[1], 'active_run') ~= ARGV[1] then return {'not_active'} end
+if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'state_bytes', ARGV[13]) end
 while true do
   local nxt = redis.call('LPOP', KEYS[2])
   if not nxt then break end
@@ -75,6 +88,11 @@ while true do
   end
 end
 redis.call('HSET', KEYS[1], 'active_run', '', 'status', ARGV[4], 'updated_at', ARGV[3])
+if ARGV[12] ~= '0' then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[12]))
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[12]))
+  redis.call('EXPIRE', KEYS[5], tonumber(ARGV[12]))
+end
 return {'idle'}
 """
 
@@ -87,6 +105,24 @@ if redis.call('LREM', KEYS[1], 0, ARGV[1]) > 0 then
   return 1
 end
 return 0
+"""
+
+# Fields of a thread that exists (never recreates a deleted or expired thread as a stub).
+# KEYS: 1 thread; ARGV: field, value, ...
+SET_THREAD_FIELDS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# The thread is marked as being deleted (no new run starts on it) and its parked runs dropped,
+# atomically with reading its active run, which the caller then stops.
+# KEYS: 1 thread, 2 pending. Returns the active run id ('' = none), or nil without a thread.
+MARK_DELETING = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+redis.call('HSET', KEYS[1], 'deleting', '1')
+redis.call('DEL', KEYS[2])
+return redis.call('HGET', KEYS[1], 'active_run') or ''
 """
 
 # KEYS: 1 lease; ARGV: 1 owner, 2 ttl ms

@@ -36,6 +36,19 @@ def not_found(what: str, ident: str) -> StoreError:
     return StoreError("not_found", f"{what} {ident} not found")
 
 
+def state_too_large(thread_id: str, current: int, adding: int, limit: int) -> StoreError | None:
+    """The error for a write of `adding` bytes that would grow a thread's state of `current`
+    bytes past `limit` (0: no limit), or None."""
+    if limit <= 0 or current + adding <= limit:
+        return None
+    where = f"Thread {thread_id}'s state" if thread_id else "The run's state"
+    return StoreError(
+        "too_large",
+        f"{where} would grow to {current + adding} bytes, past the limit of {limit} bytes "
+        "(MAX_THREAD_STATE_BYTES); continue on a new thread",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RunRef:
     """Where a run lives: enough to build every key of it."""
@@ -153,6 +166,10 @@ class ThreadRecord:
     metadata: dict[str, Any]
     status: str
     active_run: str
+    # JSON bytes of the thread's values when a run or update last wrote them (the state limit).
+    # The hash also holds `temporary` (a stateless run's thread, which takes no other run; the
+    # store never returns it) and `deleting` (no new run starts on it), read by the Lua scripts.
+    state_bytes: int = 0
 
     @classmethod
     def from_hash(cls, h: dict[bytes, bytes]) -> ThreadRecord:
@@ -166,6 +183,7 @@ class ThreadRecord:
             metadata=orjson.loads(s.get("metadata") or "{}"),
             status=s.get("status", "idle"),
             active_run=s.get("active_run", ""),
+            state_bytes=int(s.get("state_bytes") or 0),
         )
 
 

@@ -29,7 +29,9 @@ from cai_orchestrator.records import (
     RunRef,
     StoreError,
     not_found,
+    state_too_large,
 )
+from cai_orchestrator.state import run_write_size
 from cai_orchestrator.store import RunStore
 from cai_orchestrator.tailer import Entry, LogTailer
 
@@ -57,11 +59,14 @@ class RunService:
     tailer: LogTailer
     assistants: Assistants
     heartbeat_s: float
+    # The largest a thread's state may grow (JSON bytes of its values; 0: no limit).
+    max_state_bytes: int = 0
 
     async def create(self, new: NewRun) -> RunRecord:
         """Record a run, then queue it (or leave it parked behind its thread's active run)."""
         if self.assistants.get(new.assistant_id) is None:
             raise not_found("Assistant", new.assistant_id)
+        state_bytes = 0
         if new.thread_id:
             thread = await self.store.get_thread(new.tenant, new.thread_id)
             pinned = thread.metadata.get("assistant_id") if thread else None
@@ -70,6 +75,12 @@ class RunService:
                     "conflict",
                     f"Thread {new.thread_id} is pinned to assistant {pinned!r} by its metadata",
                 )
+            state_bytes = thread.state_bytes if thread else 0
+        too_large = state_too_large(
+            new.thread_id, state_bytes, run_write_size(new.kwargs), self.max_state_bytes
+        )
+        if too_large is not None:
+            raise too_large
         created = await self.store.create_run(
             new, first=lambda pipe, ref: self.queue.intend(pipe, ref, DISPATCH_CHECK_S)
         )
@@ -211,6 +222,8 @@ class RunService:
         run = await self.get(tenant, thread_id, run_id)
         if run.status in TERMINAL_STATUSES and not await self.store.log_exists(run.ref):
             return None
+        if not run.temporary:
+            await self.store.touch_thread(run.tenant, run.thread_id)
         sub = await self.tailer.subscribe(run.ref.keys.events, after)
         return RunStream(self, run, sub)
 

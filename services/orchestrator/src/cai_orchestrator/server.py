@@ -72,7 +72,8 @@ async def serve(settings: Settings) -> None:
     log.info("redis connected", extra={"url": redact_url(settings.redis_url)})
     start_metrics_server(settings.metrics_port)
 
-    async with open_checkpointer(settings.effective_checkpoint_url) as checkpointer:
+    checkpoint_url = settings.effective_checkpoint_url
+    async with open_checkpointer(checkpoint_url, settings.thread_ttl_seconds) as checkpointer:
         retriever = RetrieverClient(settings.retriever_addr)
         agent = Agent(ModelFactory(settings), assistants, retriever)
         agent.check_tools()

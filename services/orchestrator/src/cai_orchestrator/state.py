@@ -8,11 +8,25 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
+from cai_orchestrator.checkpoint import DELETE_PAGE, delete_checkpoints
+from cai_orchestrator.events import dumps
 from cai_orchestrator.keys import ThreadKeys
 
 
 class InvalidUpdate(ValueError):
     """A state update LangGraph refuses; the message says why."""
+
+
+def json_size(value: Any) -> int:
+    """Bytes of `value` as JSON: how the state limit measures states and what is written."""
+    return 0 if value is None else len(dumps(value))
+
+
+def run_write_size(kwargs: dict[str, Any]) -> int:
+    """What a run writes into its thread's state before the graph runs: its input and its
+    command's `update`, in JSON bytes."""
+    command = kwargs.get("command") or {}
+    return json_size(kwargs.get("input")) + json_size(command.get("update"))
 
 
 def _configurable(thread: ThreadKeys, **extra: Any) -> dict[str, Any]:
@@ -26,8 +40,9 @@ class ThreadState:
     `ThreadKeys.checkpoint_thread`, never under the bare id a client chose.
     """
 
-    def __init__(self, graph: CompiledStateGraph) -> None:
+    def __init__(self, graph: CompiledStateGraph, delete_page: int = DELETE_PAGE) -> None:
         self.graph = graph
+        self.delete_page = delete_page
 
     @property
     def _saver(self) -> Any:
@@ -50,13 +65,22 @@ class ThreadState:
         }
         return snapshot.values or None, interrupts
 
-    async def is_waiting(self, thread: ThreadKeys) -> bool:
-        """Whether the graph stopped with work left (an interrupt)."""
-        return bool((await self.snapshot(thread)).next)
+    async def waiting_and_size(self, thread: ThreadKeys) -> tuple[bool, int]:
+        """Whether the graph stopped with work left (an interrupt), and the JSON size of the
+        thread's values, from one read."""
+        snapshot = await self.snapshot(thread)
+        return bool(snapshot.next), json_size(snapshot.values or None)
+
+    async def size(self, thread: ThreadKeys) -> int:
+        """The JSON size of the thread's current values."""
+        return (await self.waiting_and_size(thread))[1]
 
     async def history(self, thread: ThreadKeys, before: str, limit: int) -> list[StateSnapshot]:
         """Past states, newest first, after the checkpoint `before` (if given)."""
         config: RunnableConfig = {"configurable": _configurable(thread)}
+        # Reading the head restarts the expiry of the thread's checkpoints (the Redis saver
+        # refreshes TTLs on get, not on list).
+        await self.head_checkpoint(thread)
         # The Redis saver ignores `before` (an upstream conformance failure), so page past the
         # named checkpoint here, which works the same on every saver.
         found: list[StateSnapshot] = []
@@ -111,5 +135,5 @@ class ThreadState:
         await self.graph.aupdate_state(config, None)
 
     async def delete(self, thread: ThreadKeys) -> None:
-        """Delete every checkpoint of the thread."""
-        await self._saver.adelete_thread(thread.checkpoint_thread)
+        """Delete every checkpoint of the thread (page by page: there may be many)."""
+        await delete_checkpoints(self._saver, thread.checkpoint_thread, self.delete_page)

@@ -62,12 +62,27 @@ def _matches(thread: ThreadRecord, metadata: dict[str, Any], status: str) -> boo
     return all(thread.metadata.get(k) == v for k, v in metadata.items())
 
 
-class ThreadStore:
-    """Thread records in Redis (a thread's state lives in the checkpointer)."""
+def _thread_or_none(h: dict[bytes, bytes]) -> ThreadRecord | None:
+    if not h or b"thread_id" not in h or h.get(b"temporary") == b"1":
+        return None
+    return ThreadRecord.from_hash(h)
 
-    def __init__(self, redis: Redis, *, search_scan_max: int = SEARCH_SCAN_MAX) -> None:
+
+class ThreadStore:
+    """Thread records in Redis (a thread's state lives in the checkpointer).
+
+    An idle thread's keys expire `thread_ttl_s` after its last use (0: never); a thread with an
+    active run has no TTL (lua.CREATE_RUN removes it, lua.FINISH_RUN sets it again).
+    """
+
+    def __init__(
+        self, redis: Redis, thread_ttl_s: int = 0, *, search_scan_max: int = SEARCH_SCAN_MAX
+    ) -> None:
         self.redis = redis
+        self.thread_ttl = thread_ttl_s
         self.search_scan_max = search_scan_max
+        self._set_fields = redis.register_script(lua.SET_THREAD_FIELDS)
+        self._mark_deleting = redis.register_script(lua.MARK_DELETING)
 
     async def create_thread(
         self, tenant: str, thread_id: str, metadata: dict[str, Any], if_exists: str
@@ -91,16 +106,50 @@ class ThreadStore:
         }
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(tk.record, mapping=fields)
+            if self.thread_ttl:
+                pipe.expire(tk.record, self.thread_ttl)
             pipe.zadd(keys.tenant_threads(tenant), {thread_id: time.time()})
             await pipe.execute()
         return ThreadRecord(thread_id, tenant, ts, ts, metadata, "idle", "")
 
     async def get_thread(self, tenant: str, thread_id: str) -> ThreadRecord | None:
-        """The tenant's thread, or None."""
+        """The tenant's thread, or None (a stateless run's temporary thread is none)."""
         h = await self.redis.hgetall(keys.ThreadKeys(tenant, thread_id).record)
-        if not h or b"thread_id" not in h:
-            return None
-        return ThreadRecord.from_hash(h)
+        return _thread_or_none(h)
+
+    async def use_thread(self, tenant: str, thread_id: str) -> ThreadRecord | None:
+        """`get_thread` for a request that uses the thread: its expiry starts again."""
+        tk = keys.ThreadKeys(tenant, thread_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(tk.record)
+            self._touch(pipe, tk)
+            h, *_ = await pipe.execute()
+        return _thread_or_none(h)
+
+    async def touch_thread(self, tenant: str, thread_id: str) -> None:
+        """The thread was used: an idle thread's expiry starts again."""
+        if self.thread_ttl:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                self._touch(pipe, keys.ThreadKeys(tenant, thread_id))
+                await pipe.execute()
+
+    def _touch(self, pipe: Pipeline, tk: keys.ThreadKeys) -> None:
+        # XX: only keys that have a TTL. A busy thread has none, and must not get one mid-run.
+        if self.thread_ttl:
+            for key in (tk.record, tk.runs, tk.pending):
+                pipe.expire(key, self.thread_ttl, xx=True)
+
+    async def set_state_bytes(self, tenant: str, thread_id: str, size: int) -> None:
+        """Record the size of the thread's state (if the thread still exists)."""
+        record = keys.ThreadKeys(tenant, thread_id).record
+        await self._set_fields(keys=[record], args=["state_bytes", size])
+
+    async def mark_deleting(self, tenant: str, thread_id: str) -> str | None:
+        """Refuse new runs on the thread and drop its parked ones; its active run id ("" = none),
+        None when there is no such thread."""
+        tk = keys.ThreadKeys(tenant, thread_id)
+        active = await self._mark_deleting(keys=[tk.record, tk.pending])
+        return None if active is None else _decoded(active)
 
     async def _threads(self, tenant: str, thread_ids: list[Any]) -> list[ThreadRecord]:
         """The records of these threads of the tenant that exist, in order (one round trip)."""
@@ -110,7 +159,7 @@ class ThreadStore:
             for tid in thread_ids:
                 pipe.hgetall(keys.ThreadKeys(tenant, _decoded(tid)).record)
             hashes = await pipe.execute()
-        return [ThreadRecord.from_hash(h) for h in hashes if h and b"thread_id" in h]
+        return [t for t in map(_thread_or_none, hashes) if t is not None]
 
     async def search_threads(
         self, tenant: str, metadata: dict[str, Any], status: str, limit: int, offset: int
@@ -251,12 +300,14 @@ class RunStore(ThreadStore):
         redis: Redis,
         run_ttl_s: int,
         idempotency_ttl_s: int = 86400,
+        thread_ttl_s: int = 0,
         *,
         runs_per_thread: int = RUNS_PER_THREAD_INDEX,
         search_scan_max: int = SEARCH_SCAN_MAX,
     ) -> None:
-        super().__init__(redis, search_scan_max=search_scan_max)
-        self.run_ttl = run_ttl_s
+        super().__init__(redis, thread_ttl_s, search_scan_max=search_scan_max)
+        # A finished run's record never outlives its thread.
+        self.run_ttl = min(run_ttl_s, thread_ttl_s) if thread_ttl_s else run_ttl_s
         self.idempotency_ttl = idempotency_ttl_s
         self.runs_per_thread = runs_per_thread
         self._create = redis.register_script(lua.CREATE_RUN)
@@ -328,6 +379,7 @@ class RunStore(ThreadStore):
                     self.idempotency_ttl if new.idempotency_key else 0,
                     tk.run_prefix,
                     thread_id,
+                    "1" if new.temporary else "0",
                 ],
                 client=pipe,
             )
@@ -346,6 +398,12 @@ class RunStore(ThreadStore):
             return Created(existing, existed=True)
         if outcome == "no_thread":
             raise not_found("Thread", thread_id)
+        if outcome == "temporary":
+            raise StoreError(
+                "conflict",
+                f"Thread {thread_id} is a stateless run's temporary thread; create runs on a "
+                "thread of your own",
+            )
         if outcome == "conflict":
             raise StoreError(
                 "conflict",
@@ -390,8 +448,10 @@ class RunStore(ThreadStore):
         error: str,
         terminal: tuple[str, bytes],
         log_ttl_s: int,
+        state_bytes: int | None = None,
     ) -> tuple[str, str] | None:
-        """Append the terminal event, set the final status, hand the thread to its next run.
+        """Append the terminal event, set the final status, hand the thread to its next run
+        (or, with none, start the idle thread's expiry); `state_bytes` is the thread's state size.
 
         Returns the next run (id, trace) that the caller must queue, if one follows.
         """
@@ -399,9 +459,11 @@ class RunStore(ThreadStore):
         tk = ref.thread_keys
         rk = ref.keys
         has_thread = bool(run.thread_id) and not run.temporary
+        if self.thread_ttl:
+            log_ttl_s = min(log_ttl_s, self.thread_ttl)
         async with self.redis.pipeline(transaction=False) as pipe:
             await self._finish(
-                keys=[tk.record, tk.pending, rk.record, rk.events],
+                keys=[tk.record, tk.pending, rk.record, rk.events, tk.runs],
                 args=[
                     run.run_id,
                     status,
@@ -414,6 +476,8 @@ class RunStore(ThreadStore):
                     log_ttl_s,
                     "1" if has_thread else "0",
                     tk.run_prefix,
+                    self.thread_ttl,
+                    "" if state_bytes is None else state_bytes,
                 ],
                 client=pipe,
             )
@@ -426,13 +490,19 @@ class RunStore(ThreadStore):
         return None
 
     async def cancel_parked(self, ref: RunRef) -> bool:
-        """Cancel a run still parked behind its thread's active run; False if it is not."""
+        """Cancel a run still parked behind its thread's active run; False if it is not.
+
+        Its record and its run-id index then expire like those of any finished run.
+        """
         parked = await self._cancel_parked(
             keys=[ref.thread_keys.pending, ref.keys.record],
             args=[ref.run_id, now_iso(), self.run_ttl],
         )
         if parked:
-            await self.redis.zrem(keys.tenant_unfinished_runs(ref.tenant), ref.run_id)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(keys.tenant_unfinished_runs(ref.tenant), ref.run_id)
+                pipe.expire(keys.run_thread(ref.tenant, ref.run_id), self.run_ttl)
+                await pipe.execute()
         return bool(parked)
 
     async def delete_run_records(self, run: RunRecord) -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+from cai_common.runs import TERMINAL_STATUSES
 from cai_orchestrator.keys import ThreadKeys
-from cai_orchestrator.records import StoreError, ThreadRecord, not_found
+from cai_orchestrator.records import StoreError, ThreadRecord, not_found, state_too_large
 from cai_orchestrator.runs import RunService
-from cai_orchestrator.state import ThreadState
+from cai_orchestrator.state import ThreadState, json_size
 from cai_orchestrator.store import RunStore
 from cai_orchestrator.views import checkpoint_view, state_view, thread_view
 
@@ -21,10 +21,14 @@ class ThreadService:
     store: RunStore
     state: ThreadState
     runs: RunService
+    # The largest a thread's state may grow (JSON bytes of its values; 0: no limit).
+    max_state_bytes: int = 0
+    # How long a delete waits for the thread's active run to stop.
+    delete_wait_s: float = 20.0
 
     async def get_record(self, tenant: str, thread_id: str) -> ThreadRecord:
-        """The tenant's thread record, or not found."""
-        thread = await self.store.get_thread(tenant, thread_id)
+        """The tenant's thread record, or not found (a request using it: its expiry restarts)."""
+        thread = await self.store.use_thread(tenant, thread_id)
         if thread is None:
             raise not_found("Thread", thread_id)
         return thread
@@ -64,16 +68,39 @@ class ThreadService:
 
     async def update(self, tenant: str, thread_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
         """Merge metadata into a thread."""
+        await self.get_record(tenant, thread_id)
         return thread_view(await self.store.update_thread_metadata(tenant, thread_id, metadata))
 
     async def delete(self, tenant: str, thread_id: str) -> dict[str, Any]:
-        """Delete a thread, its checkpoints and its runs' data (an active run is cancelled)."""
-        thread = await self.get_record(tenant, thread_id)
-        if thread.active_run:
-            with contextlib.suppress(StoreError):
-                await self.runs.cancel(tenant, thread_id, thread.active_run, "interrupt")
-        runs = await self.store.delete_thread_records(tenant, thread_id)
+        """Delete a thread, its checkpoints and its runs' data.
+
+        The thread first refuses new runs and drops its parked ones; its active run is cancelled
+        and waited for, so no checkpoint or record of it lands after the delete. A run that does
+        not stop within `delete_wait_s` fails the delete (ABORTED); the thread keeps refusing
+        runs, and a retried delete finishes the job.
+        """
+        await self.get_record(tenant, thread_id)  # not found, or a stateless run's thread
+        active = await self.store.mark_deleting(tenant, thread_id)
+        if active is None:
+            raise not_found("Thread", thread_id)
+        if active:
+            try:
+                run = await self.runs.cancel_and_wait(
+                    tenant, thread_id, active, "interrupt", self.delete_wait_s
+                )
+            except StoreError as exc:
+                if exc.code != "not_found":
+                    raise
+            else:
+                if run.status not in TERMINAL_STATUSES:
+                    raise StoreError(
+                        "aborted",
+                        f"Thread {thread_id}'s run {active} has not stopped yet; the thread "
+                        "accepts no new runs, retry the delete to finish it",
+                    )
+        # Checkpoints first: if this fails, the thread is still there for a retried delete.
         await self.state.delete(ThreadKeys(tenant, thread_id))
+        runs = await self.store.delete_thread_records(tenant, thread_id)
         return {"thread_id": thread_id, "deleted": True, "runs_deleted": runs}
 
     async def state_at(self, tenant: str, thread_id: str, checkpoint_id: str) -> dict[str, Any]:
@@ -100,7 +127,12 @@ class ThreadService:
             raise StoreError(
                 "conflict", f"Thread {thread_id} has an active run; update it afterwards"
             )
-        config = await self.state.update(
-            ThreadKeys(tenant, thread_id), values, as_node, checkpoint_id
-        )
+        tk = ThreadKeys(tenant, thread_id)
+        if self.max_state_bytes:
+            current = await self.state.size(tk)
+            too_large = state_too_large(thread_id, current, json_size(values), self.max_state_bytes)
+            if too_large is not None:
+                raise too_large
+        config = await self.state.update(tk, values, as_node, checkpoint_id)
+        await self.store.set_state_bytes(tenant, thread_id, await self.state.size(tk))
         return {"checkpoint": checkpoint_view(config, thread_id)}

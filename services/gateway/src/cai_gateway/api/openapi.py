@@ -13,7 +13,7 @@ _ERROR_DESCRIPTIONS = {
     401: "No API key, or an unknown one",
     404: "Not found (also: another tenant's id)",
     409: "Conflict (e.g. multitask_strategy=reject on a busy thread, a run still active)",
-    413: "Request body too large",
+    413: "Request body too large, or a thread's state would pass MAX_THREAD_STATE_BYTES",
     422: "Invalid request (validation, message limits, unsupported stream modes)",
     429: "Rate limit or concurrent-stream cap reached (see Retry-After)",
     502: "The orchestrator failed to answer",

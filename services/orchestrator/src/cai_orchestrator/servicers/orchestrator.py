@@ -40,6 +40,8 @@ _STORE_CODES = {
     "already_exists": grpc.StatusCode.ALREADY_EXISTS,
     "conflict": grpc.StatusCode.FAILED_PRECONDITION,
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "aborted": grpc.StatusCode.ABORTED,
 }
 CANCEL_WAIT_S = 60.0
 # POST /runs/cancel's `status`: the run statuses it reaches.
@@ -164,7 +166,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
 
     @unary
     async def DeleteThread(self, request: pb.GetThreadRequest, context: Any) -> pb.JsonReply:
-        """Delete a thread with its checkpoints and its runs' data (an active run is cancelled)."""
+        """Delete a thread with its checkpoints and its runs' data (after its active run stops)."""
         tenant = tenant_of(request.principal)
         return json_reply(await self.threads.delete(tenant, request.thread_id))
 

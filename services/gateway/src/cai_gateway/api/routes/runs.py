@@ -73,12 +73,14 @@ def sse_response(
 
 
 def check_input(body: RunCreate, settings: Settings) -> None:
-    """Enforce the message limits on `input.messages` (422)."""
-    why = message_limit_violation(
-        body.input_messages(), settings.max_messages, settings.max_message_chars
-    )
-    if why:
-        raise Problem(422, f"input.messages: {why}")
+    """Enforce the message limits on `input.messages` and `command.update`'s messages (422)."""
+    for where, messages in (
+        ("input.messages", body.input_messages()),
+        ("command.update.messages", body.command_messages()),
+    ):
+        why = message_limit_violation(messages, settings.max_messages, settings.max_message_chars)
+        if why:
+            raise Problem(422, f"{where}: {why}")
 
 
 # -- create and stream -------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Query, Response
 
 from cai_gateway.api.openapi import ERRORS, json_ok
 from cai_gateway.api.routing import OrjsonRoute
-from cai_gateway.deps import OrchestratorClientDep, WorkMeter, WorkMeterDep
+from cai_gateway.deps import OrchestratorClientDep, SettingsDep, WorkMeter, WorkMeterDep
+from cai_gateway.limits import message_limit_violation
 from cai_gateway.models import CheckpointConfig, Thread, ThreadState
 from cai_gateway.orchestrator import OrchestratorClient
 from cai_gateway.problems import Problem
@@ -95,8 +96,14 @@ async def update_thread_state(
     thread_id: UUID,
     body: ThreadStateUpdate,
     orch: OrchestratorClientDep,
+    settings: SettingsDep,
 ) -> Response:
     """Write an update to a thread's state (optionally as a node, or forking a checkpoint)."""
+    why = message_limit_violation(
+        body.values_messages(), settings.max_messages, settings.max_message_chars
+    )
+    if why:
+        raise Problem(422, f"values.messages: {why}")
     config = await orch.update_state(
         str(thread_id), body.values, body.as_node or "", body.target_checkpoint()
     )
