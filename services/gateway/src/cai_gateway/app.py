@@ -56,10 +56,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     keyring = KeyRing(settings.api_keys_file, settings.api_keys_reload_seconds)
     keyring.load()  # a missing or invalid keys file stops the gateway here, with the reason
+    tls = settings.grpc_tls()  # so do incomplete or unreadable TLS files
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channel = client_channel(settings.orchestrator_addr)
+        channel = client_channel(
+            settings.orchestrator_addr, tls=tls, server_name=settings.grpc_tls_server_name
+        )
         app.state.orchestrator = OrchestratorStub(channel)
         app.state.readiness = Readiness(channel)
         limiter: Limiter | None = None
