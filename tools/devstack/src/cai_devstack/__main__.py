@@ -64,6 +64,8 @@ def up() -> int:
         gateway_replicas=env_int("GATEWAY_REPLICAS", 1),
         redis_url=os.environ.get("REDIS_URL") or None,
         openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
+        # A local convenience a cluster keeps off: gRPC reflection (grpcurl).
+        service_env={"GRPC_REFLECTION": "true"},
     )
     if config.redis_url:
         _check_external_redis(config.redis_url)
