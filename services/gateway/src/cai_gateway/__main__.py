@@ -16,6 +16,7 @@ def main() -> None:
 
     aio.install()  # before the libraries that call asyncio.wait_for are imported
     from cai_common.grpc_tls import TLSConfigError
+    from cai_common.metrics import start_metrics_server
     from cai_gateway.app import create_app
     from cai_gateway.config import Settings
 
@@ -27,6 +28,8 @@ def main() -> None:
             logging.getLogger("cai_gateway").error(str(exc))
             sys.stderr.write(f"cai-gateway: {exc}\n")
             sys.exit(2)
+        # Prometheus metrics on their own port: the public port (behind the Ingress) has none.
+        start_metrics_server(settings.gateway_metrics_port, settings.gateway_host)
         uvicorn.run(
             app,
             host=settings.gateway_host,

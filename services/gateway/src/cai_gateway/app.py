@@ -108,6 +108,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        # The API's map is public only when asked for (PUBLIC_DOCS); app.openapi() always works.
+        openapi_url="/openapi.json" if settings.public_docs else None,
+        docs_url="/docs" if settings.public_docs else None,
+        redoc_url="/redoc" if settings.public_docs else None,
     )
     app.state.settings = settings
     app.state.keyring = keyring

@@ -46,9 +46,11 @@ class StackConfig:
     allow_anonymous: bool = True
     # Extra environment for every Cai service (e.g. LEASE_SECONDS for chaos tests).
     service_env: dict[str, str] = field(default_factory=dict)
-    # Metrics ports of the first orchestrator and the retriever (0: off). Others get free ports.
+    # Metrics ports of the first orchestrator, the retriever and the first gateway (0: off).
+    # Other replicas get free ports.
     orchestrator_metrics_port: int = 9464
     retriever_metrics_port: int = 9465
+    gateway_metrics_port: int = 9466
     # Mutual TLS on every gRPC link: a folder with ca.crt and gateway.crt/.key, orchestrator.crt/
     # .key, retriever.crt/.key (named cai-<component>; tests generate them). None: plaintext.
     tls_dir: Path | None = None
@@ -64,6 +66,7 @@ class StackConfig:
             "gateway_port": free_port(),
             "orchestrator_metrics_port": free_port(),
             "retriever_metrics_port": free_port(),
+            "gateway_metrics_port": free_port(),
         }
         return cls(run_dir=run_dir, **{**ports, **overrides})  # type: ignore[arg-type]
 
@@ -213,6 +216,7 @@ class Stack:
     def gateway_proc(self, index: int = 0) -> Proc:
         """One gateway (the index-th listens on gateway_port + index)."""
         name = "gateway" if index == 0 else f"gateway-{index}"
+        metrics_port = self.config.gateway_metrics_port if index == 0 else free_port()
         orchestrators = ",".join(
             self.orchestrator_addr(i) for i in range(self.config.orchestrator_replicas)
         )
@@ -228,6 +232,7 @@ class Stack:
             env=self._service_env(
                 GATEWAY_PORT=self.config.gateway_port + index,
                 GATEWAY_HOST="127.0.0.1",
+                GATEWAY_METRICS_PORT=metrics_port,
                 ORCHESTRATOR_ADDR=target,
                 ALLOW_ANONYMOUS="true" if self.config.allow_anonymous else "false",
                 **self._tls_env("gateway", name, serves=False),
