@@ -200,6 +200,32 @@ async def test_the_retriever_takes_documents_only_from_the_orchestrator(
     assert [p.document_id for p in reply.passages] == ["streams"]  # no poison
 
 
+def _cai_cli(pki: Pki, who: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "GRPC_TLS_CERT_FILE": str(pki.folder / f"{who}.crt"),
+        "GRPC_TLS_KEY_FILE": str(pki.folder / f"{who}.key"),
+        "GRPC_TLS_CA_FILE": str(pki.folder / "ca.crt"),
+    }
+    command = [sys.executable, "-m", "cai_retriever.cli", *args, "--quiet"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_cai_cli_ingests_over_mutual_tls_only_as_a_trusted_caller(
+    tls_stack: Stack, pki: Pki, tmp_path: Path
+) -> None:
+    doc = tmp_path / "cli.md"
+    doc.write_text("# Via the CLI\n\nIngested over mutual TLS.\n")
+    addr = f"127.0.0.1:{tls_stack.config.retriever_port}"
+    args = ("ingest", str(doc), "--collection", "cli", "--addr", addr)
+    refused = _cai_cli(pki, "attacker", *args)
+    assert refused.returncode == 1
+    assert "PERMISSION_DENIED" in refused.stderr and "'attacker'" in refused.stderr
+    done = _cai_cli(pki, "orchestrator", *args)
+    assert done.returncode == 0, done.stderr
+    assert "ingested 1 documents" in done.stdout
+
+
 # -- health, probes and reflection ----------------------------------------------------------
 
 
