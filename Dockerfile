@@ -3,7 +3,7 @@
 # repository root, e.g. the gateway (skaffold.yaml holds every image's build args):
 #   docker build -t cai-gateway \
 #     --build-arg PACKAGE=cai-gateway --build-arg PACKAGE_DIR=services/gateway \
-#     --build-arg MODULE=cai_gateway --build-arg PORTS=8080 \
+#     --build-arg MODULE=cai_gateway --build-arg PORTS="8080 9466" \
 #     --build-arg IMAGE_TITLE=cai-gateway --build-arg IMAGE_DESCRIPTION="Cai gateway" .
 # Dockerfile syntax 1.20 or later: `COPY --parents` is generally available from 1.20.
 ARG PYTHON_VERSION=3.12

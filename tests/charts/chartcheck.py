@@ -42,8 +42,12 @@ CRD_FILES = (
     "monitoring.coreos.com_servicemonitors.yaml",
     "monitoring.coreos.com_prometheusrules.yaml",
 )
-# Gateway API is not vendored; this hand-written schema covers the fields the chart renders.
-EXTRA_SCHEMAS = {("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute.partial.schema.json"}
+# Gateway API and cert-manager are not vendored; these hand-written schemas cover the fields the
+# chart renders.
+EXTRA_SCHEMAS = {
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute.partial.schema.json",
+    ("cert-manager.io/v1", "Certificate"): "certificate.partial.schema.json",
+}
 
 # Values files `make chart-lint` lints, renders and validates: name -> file (None: defaults).
 SCENARIOS: dict[str, Path | None] = {

@@ -94,7 +94,8 @@ def needs_torch(package: str) -> bool:
 
 
 def settings_ports(module: str) -> set[int]:
-    """Defaults of the `*port` fields of the settings classes in <module>.config."""
+    """Defaults of the `*port` fields of the settings classes in <module>.config (0 means the port
+    is off by default, e.g. GRPC_HEALTH_PORT without TLS: nothing to expose)."""
     config = importlib.import_module(f"{module}.config")
     ports = set()
     for cls in vars(config).values():
@@ -104,7 +105,9 @@ def settings_ports(module: str) -> set[int]:
             defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         else:
             defaults = {n: f.default for n, f in getattr(cls, "model_fields", {}).items()}
-        ports |= {v for n, v in defaults.items() if n.endswith("port") and isinstance(v, int)}
+        ports |= {
+            v for n, v in defaults.items() if n.endswith("port") and isinstance(v, int) and v > 0
+        }
     return ports
 
 

@@ -122,7 +122,7 @@ def test_monitoring_objects_only_when_asked(default_objs: list) -> None:
 def test_service_monitors_scrape_each_service(production_objs: list) -> None:
     monitors = {m["metadata"]["name"]: m for m in find(production_objs, "ServiceMonitor")}
     assert set(monitors) == {"cai-gateway", "cai-orchestrator", "cai-retriever"}
-    ports = {"cai-gateway": "http", "cai-orchestrator": "metrics", "cai-retriever": "metrics"}
+    ports = {"cai-gateway": "metrics", "cai-orchestrator": "metrics", "cai-retriever": "metrics"}
     services = {s["metadata"]["name"]: s for s in find(production_objs, "Service")}
     for name, monitor in monitors.items():
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"

@@ -265,8 +265,9 @@ def test_a_grace_period_shorter_than_the_drain_is_refused() -> None:
 # --- network policy ---------------------------------------------------------------------------
 
 
-def test_no_network_policy_when_off(default_objs: list) -> None:
-    assert not find(default_objs, "NetworkPolicy")
+def test_network_policies_are_on_by_default_and_only_when_asked_off(default_objs: list) -> None:
+    assert one(default_objs, "NetworkPolicy", "cai-deny-all")
+    assert not find(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
 
 
 def test_network_policies_deny_all_then_allow(production_objs: list) -> None:

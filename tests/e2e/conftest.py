@@ -67,6 +67,7 @@ def gw_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "CORS_ORIGINS": "https://app.example.com",
             "LLM_MAX_RETRIES": "0",
             "SHUTDOWN_GRACE_SECONDS": "1",
+            "PUBLIC_DOCS": "true",  # test_gateway_schema reads /openapi.json from the live gateway
         },
     ) as s:
         yield s

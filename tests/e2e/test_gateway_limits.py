@@ -11,6 +11,7 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
+from cai_devstack.stack import Stack
 from tests.e2e.support import KEYS, client, eventually, question
 
 SLOW_RUN = {"assistant_id": "slow", "input": question(), "stream_mode": "messages-tuple"}
@@ -170,14 +171,15 @@ async def test_cors(gw: str) -> None:
         assert simple.headers["access-control-allow-origin"] == "https://app.example.com"
 
 
-async def test_streams_in_flight_are_visible_in_metrics(gw: str) -> None:
+async def test_streams_in_flight_are_visible_in_metrics(gw_stack: Stack, gw: str) -> None:
+    metrics_url = f"http://127.0.0.1:{gw_stack.config.gateway_metrics_port}/metrics"
     async with client(gw) as http:
         async with aconnect_sse(http, "POST", "/runs/stream", json=SLOW_RUN) as source:
             events = source.aiter_sse()
             async for sse in events:
                 if sse.event == "messages":
                     break
-            metrics = (await http.get("/metrics")).text
+            metrics = (await http.get(metrics_url)).text
             line = next(
                 m for m in metrics.splitlines()
                 if m.startswith('cai_sse_streams_in_flight{dialect="langgraph"}')

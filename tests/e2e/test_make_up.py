@@ -30,7 +30,7 @@ async def test_make_up_answers_from_the_docs_and_make_down_stops_everything(
         name: str(free_port())
         for name in (
             "GATEWAY_PORT", "REDIS_PORT", "LLM_SIM_PORT", "RETRIEVER_PORT", "ORCHESTRATOR_PORT",
-            "ORCHESTRATOR_METRICS_PORT", "RETRIEVER_METRICS_PORT",
+            "ORCHESTRATOR_METRICS_PORT", "RETRIEVER_METRICS_PORT", "GATEWAY_METRICS_PORT",
         )
     }  # fmt: skip
     env = {**os.environ, **ports}

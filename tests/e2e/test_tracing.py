@@ -174,7 +174,7 @@ def test_every_metric_the_dashboard_and_alerts_query_is_exported(
             assert b"event: end" in b"".join(response.iter_bytes())
     scraped = set()
     for url in (
-        f"{stack.gateway_url()}/metrics",
+        f"http://127.0.0.1:{stack.config.gateway_metrics_port}/metrics",
         f"http://127.0.0.1:{stack.config.orchestrator_metrics_port}/metrics",
         f"http://127.0.0.1:{stack.config.retriever_metrics_port}/metrics",
     ):

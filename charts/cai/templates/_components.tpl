@@ -93,7 +93,8 @@ spec:
 {{- end }}
 {{- end }}
 
-{{/* ServiceMonitor for a component; (dict "root" $ "component" "gateway" "port" "http"). */}}
+{{/* ServiceMonitor for a component; (dict "root" $ "component" "gateway" "port" "metrics"), and
+"service" "<component>" when the metrics port is on a Service labelled as another component. */}}
 {{- define "cai.serviceMonitor" -}}
 {{- $m := .root.Values.metrics.serviceMonitor }}
 {{- if $m.enabled }}
@@ -109,7 +110,7 @@ metadata:
 spec:
   selector:
     matchLabels:
-      {{- include "cai.selectorLabels" . | nindent 6 }}
+      {{- include "cai.selectorLabels" (dict "root" .root "component" (.service | default .component)) | nindent 6 }}
   namespaceSelector:
     matchNames:
       - {{ .root.Release.Namespace }}

@@ -289,3 +289,88 @@ priorityClassName: {{ . }}
 {{- fail "qdrant.mode=external needs qdrant.external.url" }}
 {{- end }}
 {{- end }}
+
+{{/*
+gRPC transport security (values `tls`, docs/security.md). Each component's certificate names it
+"<fullname>-<component>"; the orchestrator and retriever believe a request's tenant only from the
+names in GRPC_TRUSTED_CLIENTS. Call each with (dict "root" $ "component" "<name>").
+*/}}
+{{- define "cai.grpcIdentity" -}}
+{{- include "cai.componentName" . }}
+{{- end }}
+
+{{- define "cai.grpcTLSSecretName" -}}
+{{- if eq .root.Values.tls.source "existingSecrets" }}
+{{- index .root.Values.tls.existingSecrets .component }}
+{{- else }}
+{{- printf "%s-grpc-tls" (include "cai.componentName" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Certificate names whose requests the component believes. */}}
+{{- define "cai.grpcTrustedClients" -}}
+{{- $names := list }}
+{{- if eq .component "orchestrator" }}
+{{- $names = list (include "cai.grpcIdentity" (dict "root" .root "component" "gateway")) }}
+{{- else }}
+{{- /* Itself too: `cai ingest` run in its pod (kubectl exec) presents the pod's certificate. */}}
+{{- $names = list (include "cai.grpcIdentity" (dict "root" .root "component" "orchestrator")) (include "cai.grpcIdentity" .) }}
+{{- end }}
+{{- join "," (concat $names (index .root.Values.tls.extraTrustedClients .component)) }}
+{{- end }}
+
+{{/* TLS files of every gRPC client and server. */}}
+{{- define "cai.grpcTLSEnv" -}}
+{{- if .root.Values.tls.enabled }}
+- name: GRPC_TLS_CERT_FILE
+  value: /etc/cai/grpc-tls/tls.crt
+- name: GRPC_TLS_KEY_FILE
+  value: /etc/cai/grpc-tls/tls.key
+- name: GRPC_TLS_CA_FILE
+  value: /etc/cai/grpc-tls/ca.crt
+{{- end }}
+{{- end }}
+
+{{/* What a gRPC server adds: reflection, and with TLS the trusted callers and probe port. */}}
+{{- define "cai.grpcServerEnv" -}}
+{{- $v := index .root.Values .component }}
+- name: GRPC_REFLECTION
+  value: {{ $v.grpcReflection | quote }}
+{{- if .root.Values.tls.enabled }}
+- name: GRPC_TRUSTED_CLIENTS
+  value: {{ include "cai.grpcTrustedClients" . | quote }}
+- name: GRPC_HEALTH_PORT
+  value: {{ index .root.Values.tls.healthPorts .component | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The port the native gRPC probes use: the plaintext health port when the gRPC port wants a
+client certificate, which the kubelet cannot present. */}}
+{{- define "cai.grpcProbePort" -}}
+{{- if .root.Values.tls.enabled }}{{ index .root.Values.tls.healthPorts .component }}
+{{- else }}{{ (index .root.Values .component).grpcPort }}{{ end }}
+{{- end }}
+
+{{- define "cai.grpcTLSVolumeMount" -}}
+{{- if .root.Values.tls.enabled }}
+- name: grpc-tls
+  mountPath: /etc/cai/grpc-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "cai.grpcTLSVolume" -}}
+{{- if .root.Values.tls.enabled }}
+- name: grpc-tls
+  secret:
+    secretName: {{ include "cai.grpcTLSSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end }}

@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
+from prometheus_client import generate_latest
 
 from cai.v1 import orchestrator_pb2 as pb
 from cai_gateway.app import create_app
@@ -268,7 +269,7 @@ async def test_cors_preflight_for_configured_origins_only(make_app: AppFactory) 
 
 
 async def test_openapi_documents_media_types_errors_and_security(make_app: AppFactory) -> None:
-    app, http, _ = await make_app()
+    app, http, _ = await make_app(public_docs=True)
     doc = (await http.get("/openapi.json")).json()
     paths = doc["paths"]
     for path in (
@@ -304,7 +305,7 @@ def test_every_route_has_a_one_line_docstring() -> None:
 async def test_requests_are_counted_by_route_template(make_app: AppFactory) -> None:
     _, http, _ = await make_app()
     await http.get(f"/threads/{THREAD}", headers={"X-Api-Key": KEY_A})
-    metrics = (await http.get("/metrics")).text
+    metrics = generate_latest().decode()  # served on GATEWAY_METRICS_PORT, not by the app
     assert 'cai_http_requests_total{method="GET",route="/threads/{thread_id}",status="200"}' in (
         metrics
     )
@@ -326,7 +327,7 @@ async def test_lone_surrogates_in_json_are_a_422_not_a_500(make_app: AppFactory)
 
 
 async def test_docs_and_openapi_need_no_key(make_app: AppFactory) -> None:
-    _, http, _ = await make_app()
+    _, http, _ = await make_app(public_docs=True)
     docs = await http.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     assert (await http.get("/openapi.json")).status_code == 200

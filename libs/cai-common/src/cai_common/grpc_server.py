@@ -12,6 +12,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cai_common.grpc_tls import TLSFiles, TrustedClientsInterceptor
+from cai_common.settings import GrpcServerSettings
+
 log = logging.getLogger(__name__)
 
 OVERALL = ""  # the health service name that stands for the whole server (readiness)
@@ -66,11 +69,16 @@ SERVICE_CONFIG = json.dumps(
 
 
 def client_channel(
-    target: str, interceptors: Iterable[grpc.aio.ClientInterceptor] = ()
+    target: str,
+    interceptors: Iterable[grpc.aio.ClientInterceptor] = (),
+    tls: TLSFiles | None = None,
+    server_name: str = "",
 ) -> grpc.aio.Channel:
-    """An insecure aio channel with round_robin load balancing over every resolved address.
+    """An aio channel with round_robin load balancing over every resolved address.
 
     Use `dns:///host:port` targets in Kubernetes (headless Services) so each pod is a subchannel.
+    With `tls`, the channel is mutual TLS: the server's certificate must be signed by the CA and
+    name the dialled host (or `server_name`), and ours proves who we are.
     """
     options = [
         ("grpc.lb_policy_name", "round_robin"),
@@ -87,8 +95,13 @@ def client_channel(
     ]
     from cai_common.telemetry import grpc_client_interceptors
 
-    return grpc.aio.insecure_channel(
-        target, options=options, interceptors=[*grpc_client_interceptors(), *interceptors]
+    chain = [*grpc_client_interceptors(), *interceptors]
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=chain)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(
+        target, tls.channel_credentials(), options=options, interceptors=chain
     )
 
 
@@ -97,6 +110,13 @@ class GrpcService:
 
     Health tells the truth: the overall status stays NOT_SERVING until `set_serving(True)` is
     called (by the service, once its dependencies answer), and turns NOT_SERVING first on shutdown.
+
+    Args:
+        tls: Serve mutual TLS with these files (plaintext when None); callers must then present
+            a certificate naming one of `trusted_clients` (cai_common.grpc_tls).
+        reflection: Serve grpc.reflection (off by default: it maps the API for any caller).
+        health_port: Also serve grpc.health.v1, alone and in plaintext, on this port (0: a free
+            one) for kubelet probes, which cannot present a client certificate. None: no such port.
     """
 
     def __init__(
@@ -106,20 +126,63 @@ class GrpcService:
         host: str = "0.0.0.0",
         max_connection_age_s: float = 300.0,
         interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+        *,
+        tls: TLSFiles | None = None,
+        trusted_clients: Iterable[str] = (),
+        reflection: bool = False,
+        health_port: int | None = None,
     ) -> None:
         self.name = name
         from cai_common.metrics import GrpcMetricsInterceptor
         from cai_common.telemetry import grpc_server_interceptors
 
+        chain = [*grpc_server_interceptors(), GrpcMetricsInterceptor(), *interceptors]
+        if tls is not None:
+            chain.append(TrustedClientsInterceptor(trusted_clients))
         self.server = grpc.aio.server(
-            options=server_options(max_connection_age_s),
-            interceptors=[*grpc_server_interceptors(), GrpcMetricsInterceptor(), *interceptors],
+            options=server_options(max_connection_age_s), interceptors=chain
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.reflection = reflection
+        self._service_names: list[str] = []
+        address = f"{host}:{port}"
+        if tls is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, tls.server_credentials())
+        self.tls = tls is not None
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
+        if health_port is not None:
+            self.health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(f"{host}:{health_port}")
         self.stopping = asyncio.Event()
+
+    @classmethod
+    def from_settings(
+        cls,
+        name: str,
+        settings: GrpcServerSettings,
+        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    ) -> GrpcService:
+        """A server as the settings say: port, TLS and trusted clients, reflection, health port.
+
+        Raises:
+            TLSConfigError: the TLS settings are incomplete or unreadable.
+        """
+        return cls(
+            name,
+            settings.grpc_port,
+            settings.grpc_host,
+            settings.grpc_max_connection_age_seconds,
+            interceptors,
+            tls=settings.grpc_tls(),
+            trusted_clients=settings.grpc_trusted_client_names(),
+            reflection=settings.grpc_reflection,
+            health_port=settings.grpc_health_port or None,
+        )
 
     def add(self, full_name: str, register: Callable[[grpc.aio.Server], None]) -> None:
         """Register a servicer under its full proto service name (used by health and reflection)."""
@@ -133,16 +196,35 @@ class GrpcService:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in [OVERALL, *self._service_names[2:]]:
+        for name in [OVERALL, *self._service_names]:
             await self.health.set(name, status)
 
     async def start(self) -> None:
         """Start listening; health is NOT_SERVING until the service says otherwise."""
-        reflection.enable_server_reflection(self._service_names, self.server)
+        if self.reflection:
+            names = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+            reflection.enable_server_reflection(names, self.server)
         await self.set_serving(False)
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
-        log.info("grpc server listening", extra={"port": self.port, "server": self.name})
+        if self.health_server is not None:
+            await self.health_server.start()
+        log.info(
+            "grpc server listening",
+            extra={
+                "port": self.port,
+                "server": self.name,
+                "tls": self.tls,
+                "reflection": self.reflection,
+                "health_port": self.health_port,
+            },
+        )
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop the server within `grace_s`, then the health-only port."""
+        await self.server.stop(grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT set `stopping`; the caller's `run` loop then drains."""
@@ -161,5 +243,5 @@ class GrpcService:
         await self.health.enter_graceful_shutdown()
         if on_stop is not None:
             await on_stop()
-        await self.server.stop(grace_s)
+        await self.stop(grace_s)
         log.info("stopped", extra={"server": self.name})

@@ -56,10 +56,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     keyring = KeyRing(settings.api_keys_file, settings.api_keys_reload_seconds)
     keyring.load()  # a missing or invalid keys file stops the gateway here, with the reason
+    tls = settings.grpc_tls()  # so do incomplete or unreadable TLS files
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channel = client_channel(settings.orchestrator_addr)
+        channel = client_channel(
+            settings.orchestrator_addr, tls=tls, server_name=settings.grpc_tls_server_name
+        )
         app.state.orchestrator = OrchestratorStub(channel)
         app.state.readiness = Readiness(channel)
         limiter: Limiter | None = None
@@ -105,6 +108,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        # The API's map is public only when asked for (PUBLIC_DOCS); app.openapi() always works.
+        openapi_url="/openapi.json" if settings.public_docs else None,
+        docs_url="/docs" if settings.public_docs else None,
+        redoc_url="/redoc" if settings.public_docs else None,
     )
     app.state.settings = settings
     app.state.keyring = keyring

@@ -10,6 +10,10 @@ class Settings(ServiceSettings):
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    # Prometheus /metrics on its own port (same host), never on the public one; 0: off.
+    gateway_metrics_port: int = 9466
+    # Serve /docs, /redoc and /openapi.json on the public port (off: they map the API for anyone).
+    public_docs: bool = False
     orchestrator_addr: str = "127.0.0.1:50051"
     # Seconds between SSE heartbeat comments on open streams (and whitespace on /wait bodies).
     sse_ping_seconds: float = 15.0

@@ -15,6 +15,7 @@ def main() -> None:
     from cai_common import aio
 
     aio.install()  # before the libraries that call asyncio.wait_for are imported
+    from cai_common.grpc_tls import TLSConfigError
     from cai_orchestrator.assistants import AssistantsError
     from cai_orchestrator.checkpoint import CheckpointerError
     from cai_orchestrator.config import Settings
@@ -24,7 +25,7 @@ def main() -> None:
     with service_process("orchestrator", settings.log_level):
         try:
             uvloop.run(serve(settings))  # libuv's loop: a third less CPU per token than asyncio's
-        except (CheckpointerError, AssistantsError) as exc:
+        except (CheckpointerError, AssistantsError, TLSConfigError) as exc:
             logging.getLogger("cai_orchestrator").error(str(exc))
             sys.stderr.write(f"cai-orchestrator: {exc}\n")
             sys.exit(2)

@@ -7,14 +7,14 @@ import socket
 
 from pydantic import Field
 
-from cai_common.settings import ServiceSettings
+from cai_common.settings import GrpcServerSettings
 
 
 def _default_replica_id() -> str:
     return f"{os.environ.get('POD_NAME') or socket.gethostname()}:{os.getpid()}"
 
 
-class Settings(ServiceSettings):
+class Settings(GrpcServerSettings):
     """Everything the orchestrator reads from its environment."""
 
     grpc_host: str = "0.0.0.0"
@@ -22,6 +22,8 @@ class Settings(ServiceSettings):
     metrics_port: int = 9464
     grpc_max_connection_age_seconds: float = 300.0
     shutdown_grace_seconds: float = 30.0
+    # With mutual TLS, only the gateway's certificate may send a tenant's principal.
+    grpc_trusted_clients: str = "cai-gateway"
 
     # Queue, event logs and run records: any Redis >= 7.
     redis_url: str = "redis://127.0.0.1:6379/0"

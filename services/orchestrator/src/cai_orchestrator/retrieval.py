@@ -10,6 +10,7 @@ import grpc
 from cai.v1 import common_pb2, retriever_pb2
 from cai.v1.retriever_pb2_grpc import RetrieverStub
 from cai_common.grpc_server import client_channel
+from cai_common.grpc_tls import TLSFiles
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,23 @@ class RetrieverError(RuntimeError):
 class RetrieverClient:
     """Searches the tenant's knowledge base."""
 
-    def __init__(self, addr: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        addr: str,
+        timeout_s: float = 10.0,
+        tls: TLSFiles | None = None,
+        server_name: str = "",
+    ) -> None:
         self.addr = addr
         self.timeout_s = timeout_s
+        self.tls = tls
+        self.server_name = server_name
         self._channel: grpc.aio.Channel | None = None
         self._stub: RetrieverStub | None = None
 
     def _client(self) -> RetrieverStub:
         if self._stub is None:  # created lazily, on the event loop that uses it
-            self._channel = client_channel(self.addr)
+            self._channel = client_channel(self.addr, tls=self.tls, server_name=self.server_name)
             self._stub = RetrieverStub(self._channel)
         return self._stub
 

@@ -74,17 +74,16 @@ async def serve(settings: Settings) -> None:
 
     checkpoint_url = settings.effective_checkpoint_url
     async with open_checkpointer(checkpoint_url, settings.thread_ttl_seconds) as checkpointer:
-        retriever = RetrieverClient(settings.retriever_addr)
+        retriever = RetrieverClient(
+            settings.retriever_addr,
+            tls=settings.grpc_tls(),
+            server_name=settings.grpc_tls_server_name,
+        )
         agent = Agent(ModelFactory(settings), assistants, retriever)
         agent.check_tools()
         graph = agent.build(checkpointer)
         engine = Engine.build(settings, redis, tail_redis, pubsub_redis, graph, assistants)
-        service = GrpcService(
-            "orchestrator",
-            settings.grpc_port,
-            settings.grpc_host,
-            settings.grpc_max_connection_age_seconds,
-        )
+        service = GrpcService.from_settings("orchestrator", settings)
         servicer = OrchestratorServicer(engine.threads, engine.runs, assistants, graph)
         service.add(
             "cai.v1.Orchestrator",

@@ -4,6 +4,10 @@
     cai search "question" [-k 5] [--collection C] [--tenant T]
     cai stats [--collection C] [--tenant T]
 
+With GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE and GRPC_TLS_CA_FILE set (as they are inside the
+retriever's pod when the chart turns mutual TLS on) the command dials over mutual TLS;
+GRPC_TLS_SERVER_NAME names the server certificate when --addr is an IP or a port-forward.
+
 Exit codes: 0 success, 1 a document failed or the retriever refused/was unreachable, 2 bad usage
 (e.g. a path that does not exist).
 """
@@ -23,6 +27,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cai.v1 import common_pb2, retriever_pb2, retriever_pb2_grpc
+from cai_common.grpc_tls import TLSConfigError
+from cai_common.settings import ServiceSettings
 
 INGESTED_SUFFIXES = {".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf"}
 CONTENT_TYPES = {
@@ -46,6 +52,24 @@ def echo(message: str, file: TextIO | None = None) -> None:
 
 class UsageError(Exception):
     """Bad command line (exit 2)."""
+
+
+def open_channel(addr: str, options: Sequence[tuple[str, int | str]] = ()) -> grpc.Channel:
+    """A channel to the retriever: mutual TLS when the GRPC_TLS_* files are set, else plaintext.
+
+    Raises:
+        TLSConfigError: the TLS settings are incomplete or unreadable.
+    """
+    settings = ServiceSettings()
+    tls = settings.grpc_tls()
+    if tls is None:
+        return grpc.insecure_channel(addr, options=list(options))
+    extra = [("grpc.ssl_target_name_override", settings.grpc_tls_server_name)]
+    return grpc.secure_channel(
+        addr,
+        tls.channel_credentials(),
+        options=[*options, *(extra if settings.grpc_tls_server_name else [])],
+    )
 
 
 def collect_files(paths: Sequence[str]) -> list[Path]:
@@ -180,7 +204,7 @@ def ingest(args: argparse.Namespace) -> int:
 
     chunks = indexed = skipped = 0
     summary: retriever_pb2.IngestSummary | None = None
-    with grpc.insecure_channel(
+    with open_channel(
         args.addr, options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]
     ) as channel:
         try:
@@ -244,7 +268,7 @@ def ingest(args: argparse.Namespace) -> int:
 
 def search(args: argparse.Namespace) -> int:
     """Print the best passages for a query."""
-    with grpc.insecure_channel(args.addr) as channel:
+    with open_channel(args.addr) as channel:
         stub = retriever_pb2_grpc.RetrieverStub(channel)
         try:
             reply = stub.Search(
@@ -271,7 +295,7 @@ def search(args: argparse.Namespace) -> int:
 
 def stats(args: argparse.Namespace) -> int:
     """Print the tenant's counts in a collection."""
-    with grpc.insecure_channel(args.addr) as channel:
+    with open_channel(args.addr) as channel:
         stub = retriever_pb2_grpc.RetrieverStub(channel)
         try:
             reply = stub.Stats(
@@ -336,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except UsageError as exc:
+    except (UsageError, TLSConfigError) as exc:
         echo(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

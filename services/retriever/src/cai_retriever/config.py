@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
-from cai_common.settings import ServiceSettings
+from cai_common.settings import GrpcServerSettings
 
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_REMOTE_MODEL = "text-embedding-3-small"
 
 
-class Settings(ServiceSettings):
+class Settings(GrpcServerSettings):
     """Everything the retriever reads from its environment."""
 
     grpc_host: str = "0.0.0.0"
@@ -19,6 +19,9 @@ class Settings(ServiceSettings):
     metrics_port: int = 9465
     # Servers close connections after this age so round_robin clients rebalance over new pods.
     grpc_max_connection_age_seconds: float = 300.0
+    # With mutual TLS, only the orchestrator's certificate may send a tenant's principal (the
+    # chart adds the retriever's own, for `cai ingest` run inside its pod).
+    grpc_trusted_clients: str = "cai-orchestrator"
 
     # A Qdrant server when set (e.g. http://qdrant:6333); otherwise embedded local mode at
     # `qdrant_path`. Local mode is single-process: only one retriever may open the folder.

@@ -61,12 +61,7 @@ class RetrieverServer:
         self.store = store or make_store(settings)
         self.embedder: Embedder | None = None
         self.knowledge_base: KnowledgeBase | None = None
-        self.grpc = GrpcService(
-            "retriever",
-            settings.grpc_port,
-            settings.grpc_host,
-            settings.grpc_max_connection_age_seconds,
-        )
+        self.grpc = GrpcService.from_settings("retriever", settings)
         servicer = RetrieverServicer(lambda: self.knowledge_base)
         self.grpc.add(
             SERVICE_NAME,
@@ -150,7 +145,7 @@ class RetrieverServer:
     async def stop(self, grace_s: float = 0.0) -> None:
         """Health NOT_SERVING, stop the server within `grace_s`, then release everything."""
         await self.grpc.health.enter_graceful_shutdown()
-        await self.grpc.server.stop(grace_s)
+        await self.grpc.stop(grace_s)
         await self.close()
 
 

@@ -60,10 +60,13 @@ def up() -> int:
         orchestrator_port=env_int("ORCHESTRATOR_PORT", 50051),
         orchestrator_metrics_port=env_int("ORCHESTRATOR_METRICS_PORT", 9464),
         retriever_metrics_port=env_int("RETRIEVER_METRICS_PORT", 9465),
+        gateway_metrics_port=env_int("GATEWAY_METRICS_PORT", 9466),
         orchestrator_replicas=env_int("ORCHESTRATOR_REPLICAS", 1),
         gateway_replicas=env_int("GATEWAY_REPLICAS", 1),
         redis_url=os.environ.get("REDIS_URL") or None,
         openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
+        # Local conveniences a cluster keeps off: the API docs at /docs and gRPC reflection.
+        service_env={"PUBLIC_DOCS": "true", "GRPC_REFLECTION": "true"},
     )
     if config.redis_url:
         _check_external_redis(config.redis_url)
@@ -78,6 +81,7 @@ def up() -> int:
         f"""
 Cai is up: gateway {url} · {config.orchestrator_replicas} orchestrator(s) · model: {llm}
 Redis: {stack.redis_url}   Stop everything with `make down`.
+API docs: {url}/docs   Metrics: http://127.0.0.1:{config.gateway_metrics_port}/metrics
 
 Chat with curl (SSE):
   THREAD=$(curl -s -X POST {url}/threads -H 'Content-Type: application/json' -d '{{}}' \

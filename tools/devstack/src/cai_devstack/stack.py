@@ -46,9 +46,14 @@ class StackConfig:
     allow_anonymous: bool = True
     # Extra environment for every Cai service (e.g. LEASE_SECONDS for chaos tests).
     service_env: dict[str, str] = field(default_factory=dict)
-    # Metrics ports of the first orchestrator and the retriever (0: off). Others get free ports.
+    # Metrics ports of the first orchestrator, the retriever and the first gateway (0: off).
+    # Other replicas get free ports.
     orchestrator_metrics_port: int = 9464
     retriever_metrics_port: int = 9465
+    gateway_metrics_port: int = 9466
+    # Mutual TLS on every gRPC link: a folder with ca.crt and gateway.crt/.key, orchestrator.crt/
+    # .key, retriever.crt/.key (named cai-<component>; tests generate them). None: plaintext.
+    tls_dir: Path | None = None
 
     @classmethod
     def ephemeral(cls, run_dir: Path, **overrides: object) -> StackConfig:
@@ -61,6 +66,7 @@ class StackConfig:
             "gateway_port": free_port(),
             "orchestrator_metrics_port": free_port(),
             "retriever_metrics_port": free_port(),
+            "gateway_metrics_port": free_port(),
         }
         return cls(run_dir=run_dir, **{**ports, **overrides})  # type: ignore[arg-type]
 
@@ -104,6 +110,33 @@ class Stack:
         if key not in self.extra_ports:
             self.extra_ports[key] = free_port()
         return self.extra_ports[key]
+
+    def grpc_health_port(self, name: str) -> int:
+        """With TLS: the plaintext health-only port of a server (`retriever`, `orchestrator-1`)."""
+        key = f"{name}-health"
+        if key not in self.extra_ports:
+            self.extra_ports[key] = free_port()
+        return self.extra_ports[key]
+
+    def _tls_env(self, component: str, name: str, serves: bool) -> dict[str, object]:
+        """TLS files of a component, and for servers a health port the readiness check can use."""
+        tls = self.config.tls_dir
+        if tls is None:
+            return {}
+        env: dict[str, object] = {
+            "GRPC_TLS_CERT_FILE": tls / f"{component}.crt",
+            "GRPC_TLS_KEY_FILE": tls / f"{component}.key",
+            "GRPC_TLS_CA_FILE": tls / "ca.crt",
+        }
+        if serves:
+            env["GRPC_HEALTH_PORT"] = self.grpc_health_port(name)
+        return env
+
+    def _grpc_ready_addr(self, name: str, port: int) -> str:
+        """Where readiness is checked: the gRPC port, or with TLS the plaintext health port."""
+        if self.config.tls_dir is None:
+            return f"127.0.0.1:{port}"
+        return f"127.0.0.1:{self.grpc_health_port(name)}"
 
     def _log(self, name: str) -> Path:
         return self.config.run_dir / "logs" / f"{name}.log"
@@ -157,8 +190,9 @@ class Stack:
                 GRPC_HOST="127.0.0.1",
                 METRICS_PORT=self.config.retriever_metrics_port,
                 QDRANT_PATH=self.config.run_dir / "qdrant",
+                **self._tls_env("retriever", "retriever", serves=True),
             ),
-            ready=grpc_ready(f"127.0.0.1:{self.config.retriever_port}"),
+            ready=grpc_ready(self._grpc_ready_addr("retriever", self.config.retriever_port)),
         )
 
     def orchestrator_proc(self, index: int = 0) -> Proc:
@@ -174,13 +208,15 @@ class Stack:
                 GRPC_HOST="127.0.0.1",
                 METRICS_PORT=self.config.orchestrator_metrics_port if index == 0 else free_port(),
                 REPLICA_ID=f"{name}:{port}",
+                **self._tls_env("orchestrator", name, serves=True),
             ),
-            ready=grpc_ready(f"127.0.0.1:{port}"),
+            ready=grpc_ready(self._grpc_ready_addr(name, port)),
         )
 
     def gateway_proc(self, index: int = 0) -> Proc:
         """One gateway (the index-th listens on gateway_port + index)."""
         name = "gateway" if index == 0 else f"gateway-{index}"
+        metrics_port = self.config.gateway_metrics_port if index == 0 else free_port()
         orchestrators = ",".join(
             self.orchestrator_addr(i) for i in range(self.config.orchestrator_replicas)
         )
@@ -196,8 +232,10 @@ class Stack:
             env=self._service_env(
                 GATEWAY_PORT=self.config.gateway_port + index,
                 GATEWAY_HOST="127.0.0.1",
+                GATEWAY_METRICS_PORT=metrics_port,
                 ORCHESTRATOR_ADDR=target,
                 ALLOW_ANONYMOUS="true" if self.config.allow_anonymous else "false",
+                **self._tls_env("gateway", name, serves=False),
             ),
             ready=http_ready(f"{self.gateway_url(index)}/readyz"),
         )

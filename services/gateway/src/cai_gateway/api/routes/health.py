@@ -1,9 +1,8 @@
-"""Liveness, readiness and metrics."""
+"""Liveness and readiness (metrics are served on their own port, GATEWAY_METRICS_PORT)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cai_gateway.problems import problem_response
 
@@ -25,9 +24,3 @@ async def readyz(request: Request) -> Response:
     if not await state.readiness.ready():
         return problem_response(503, "The orchestrator is not ready", {"Retry-After": "1"})
     return Response(b'{"status":"ok"}', media_type="application/json")
-
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
-    """Prometheus metrics."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
