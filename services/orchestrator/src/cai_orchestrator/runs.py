@@ -31,7 +31,7 @@ from cai_orchestrator.records import (
     not_found,
 )
 from cai_orchestrator.store import RunStore
-from cai_orchestrator.tailer import Entry, LogTailer
+from cai_orchestrator.tailer import Entry, LogTailer, Subscription, SubscriptionFailed
 
 log = logging.getLogger(__name__)
 # How long after creation a run's queue append counts as lost (its creator died mid-way).
@@ -150,10 +150,10 @@ class RunService:
             sub = await self.tailer.subscribe(run.ref.keys.events, (0, 0))
             try:
                 async with asyncio.timeout(wait_s):
-                    while not has_terminal(await sub.queue.get()):
+                    while not has_terminal(await sub.get()):
                         pass
-            except TimeoutError:
-                pass
+            except (TimeoutError, SubscriptionFailed):
+                pass  # the final record says how far it got
             finally:
                 self.tailer.unsubscribe(sub)
         return await self.store.load_run(run.ref) or run
@@ -180,20 +180,24 @@ class RunService:
 class RunStream:
     """One client's follow of one run's log: batches of entries, None for a quiet period."""
 
-    def __init__(self, service: RunService, run: RunRecord, sub: Any) -> None:
+    def __init__(self, service: RunService, run: RunRecord, sub: Subscription) -> None:
         self.service = service
         self.run = run
         self.sub = sub
         self.finished = False
 
     async def batches(self) -> AsyncIterator[list[Entry] | None]:
-        """Entries in order until the terminal event; None after each quiet heartbeat period."""
+        """Entries in order until the terminal event; None after each quiet heartbeat period.
+
+        Raises:
+            SubscriptionFailed: the run's log cannot be read (this stream ends, no other).
+        """
         while True:
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
                 # cancellation (the client leaving) that lands as the queue yields.
                 async with asyncio.timeout(self.service.heartbeat_s):
-                    batch = await self.sub.queue.get()
+                    batch = await self.sub.get()
             except TimeoutError:
                 if await self.service.store.load_run(self.run.ref) is None:
                     self.finished = True  # deleted or expired while we watched
