@@ -59,6 +59,9 @@ class Settings(ServiceSettings):
     run_record_ttl_seconds: int = 7 * 24 * 3600
     # How long StreamRun waits for a new event before sending an empty heartbeat reply.
     stream_heartbeat_seconds: float = 10.0
+    # A cancel-on-disconnect run whose stream a server ended (a gateway or orchestrator shutting
+    # down, a gateway dying) is cancelled only if no stream re-joins it within this (reattach.py).
+    reattach_grace_seconds: float = 30.0
 
     @property
     def effective_checkpoint_url(self) -> str:

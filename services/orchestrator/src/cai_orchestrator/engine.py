@@ -17,6 +17,7 @@ from cai_orchestrator.events import EventBatcher, EventLogs
 from cai_orchestrator.execution import RunExecutor
 from cai_orchestrator.lease import Leases
 from cai_orchestrator.queue import RunQueue
+from cai_orchestrator.reattach import PendingCancels
 from cai_orchestrator.runs import RunService
 from cai_orchestrator.state import ThreadState
 from cai_orchestrator.store import RunStore
@@ -65,7 +66,10 @@ class Engine:
         )
         tailer = LogTailer(tail_redis, redis, s.replica_id, block_ms=TAIL_BLOCK_MS)
         state = ThreadState(graph)
-        runs = RunService(store, queue, bus, logs, tailer, assistants, s.stream_heartbeat_seconds)
+        pending_cancels = PendingCancels(redis, s.reattach_grace_seconds)
+        runs = RunService(
+            store, queue, bus, logs, tailer, assistants, s.stream_heartbeat_seconds, pending_cancels
+        )
         threads = ThreadService(store, state, runs)
         executor = RunExecutor(s, store, queue, state, graph, assistants, bus)
         leases = Leases(redis, s.replica_id, s.lease_seconds)

@@ -22,6 +22,7 @@ from cai_orchestrator.assistants import Assistants
 from cai_orchestrator.cancel import CancelBus
 from cai_orchestrator.events import EventLogs, dumps
 from cai_orchestrator.queue import RunQueue
+from cai_orchestrator.reattach import PendingCancels
 from cai_orchestrator.records import (
     CANCEL_ACTIONS,
     NewRun,
@@ -54,6 +55,8 @@ class RunService:
     tailer: LogTailer
     assistants: Assistants
     heartbeat_s: float
+    # None: a stream that ends early cancels its run at once, whoever ended it (tests only).
+    pending_cancels: PendingCancels | None = None
 
     async def create(self, new: NewRun) -> RunRecord:
         """Record a run, then queue it (or leave it parked behind its thread's active run)."""
@@ -173,8 +176,32 @@ class RunService:
         run = await self.get(tenant, thread_id, run_id)
         if run.status in TERMINAL_STATUSES and not await self.store.log_exists(run.ref):
             return None
+        if self.pending_cancels is not None and run.status not in TERMINAL_STATUSES:
+            await self.pending_cancels.withdraw(run.ref)  # a client re-joined in time
         sub = await self.tailer.subscribe(run.ref.keys.events, after)
         return RunStream(self, run, sub)
+
+    async def cancel_unless_rejoined(self, run: RunRecord) -> None:
+        """A cancel-on-disconnect run's stream ended, not by its client: cancel the run when the
+        reattach grace has passed, unless a stream re-joins it first (reattach.py)."""
+        if self.pending_cancels is None:
+            await self.cancel(run.tenant, run.thread_id, run.run_id, "interrupt")
+            return
+        await self.pending_cancels.defer(run.ref)
+
+    async def cancel_abandoned(self) -> int:
+        """Cancel the runs no stream re-joined within the reattach grace; how many."""
+        if self.pending_cancels is None:
+            return 0
+        cancelled = 0
+        for ref in await self.pending_cancels.take_overdue():
+            log.info(
+                "cancelling a run its client did not come back to", extra={"run_id": ref.run_id}
+            )
+            with contextlib.suppress(StoreError):  # deleted meanwhile
+                await self.cancel(ref.tenant, ref.thread_id, ref.run_id, "interrupt")
+                cancelled += 1
+        return cancelled
 
 
 class RunStream:
@@ -210,9 +237,13 @@ class RunStream:
                 return
 
     async def close(self, cancel_unfinished: bool) -> None:
-        """Stop following; with `cancel_unfinished`, a run the client left early is cancelled."""
+        """Stop following; with `cancel_unfinished`, a run left before its end is cancelled
+        unless a stream re-joins it within the reattach grace.
+
+        The gateway cancels at once when its client leaves (CancelRun); a stream that ends here
+        without that was ended by a server going away, and its client was told to reconnect.
+        """
         self.service.tailer.unsubscribe(self.sub)
         if not self.finished and cancel_unfinished:
-            r = self.run
             with contextlib.suppress(RedisError, StoreError):
-                await self.service.cancel(r.tenant, r.thread_id, r.run_id, "interrupt")
+                await self.service.cancel_unless_rejoined(self.run)
