@@ -19,6 +19,7 @@ from cai.v1.orchestrator_pb2_grpc import (
     add_OrchestratorServicer_to_server,
 )
 from cai_common.runs import END, METADATA, RETRY
+from cai_gateway import runs as runs_module
 from cai_gateway.problems import Problem
 from cai_gateway.runs import StreamInterrupted, create_run, drain, watch
 
@@ -50,6 +51,7 @@ class ScriptedOrchestrator(OrchestratorServicer):
     def __init__(self) -> None:
         self.scripts: list[Script] = []
         self.requests: list[pb.StreamRunRequest] = []
+        self.cancelled: list[str] = []  # run ids CancelRun was called for
 
     async def StreamRun(  # noqa: N802 (the generated servicer's name)
         self, request: pb.StreamRunRequest, context: grpc.aio.ServicerContext
@@ -58,6 +60,13 @@ class ScriptedOrchestrator(OrchestratorServicer):
         self.requests.append(pb.StreamRunRequest.FromString(request.SerializeToString()))
         async for reply in self.scripts.pop(0)(request, context):
             yield reply
+
+    async def CancelRun(  # noqa: N802
+        self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JsonReply:
+        """Record the cancel."""
+        self.cancelled.append(request.run_id)
+        return pb.JsonReply(json=b"{}")
 
     async def CreateRun(  # noqa: N802
         self, request: pb.CreateRunRequest, context: grpc.aio.ServicerContext
@@ -215,3 +224,79 @@ async def test_gateway_shutdown_stops_the_watch_with_stream_interrupted(
         await asyncio.wait_for(task, 5)
     assert seen == ["1-0", "1-1"]
     assert len(servicer.requests) == 1  # a shutting-down gateway does not reopen
+
+
+async def endless_run(
+    request: pb.StreamRunRequest, context: grpc.aio.ServicerContext
+) -> AsyncIterator[pb.StreamRunReply]:
+    """A run that streams its first events and then goes on (until the stream is ended)."""
+    yield pb.StreamRunReply()
+    yield pb.StreamRunReply(events=LOG[:2])
+    await asyncio.Event().wait()
+
+
+async def leave_after_first_batch(batches: AsyncIterator[Any]) -> None:
+    """Read like a client, which leaves (its request is cancelled) after the first batch."""
+    received = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in batches:
+            received.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(received.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_client_leaving_a_cancel_on_disconnect_stream_cancels_its_run_at_once(
+    orchestrator: tuple[ScriptedOrchestrator, OrchestratorStub],
+) -> None:
+    servicer, stub = orchestrator
+    servicer.scripts = [endless_run]
+    request = stream_request()
+    request.cancel_on_disconnect = True
+    await leave_after_first_batch(await watch(stub, request, anyio.Event()))
+    await asyncio.wait_for(_wait_for(lambda: servicer.cancelled == [RUN]), 5)
+
+
+async def test_a_stream_ended_by_the_gateway_stopping_leaves_the_run_to_the_reattach_grace(
+    orchestrator: tuple[ScriptedOrchestrator, OrchestratorStub],
+) -> None:
+    """The OpenAI path streams through the shutdown (its own `shutdown` is never set) and is cut
+    when uvicorn's grace ends: that is the gateway stopping, not the client leaving."""
+    servicer, stub = orchestrator
+    servicer.scripts = [endless_run]
+    request = stream_request()
+    request.cancel_on_disconnect = True
+    stopping = anyio.Event()
+    batches = await watch(stub, request, anyio.Event(), stopping=stopping)
+    stopping.set()
+    await leave_after_first_batch(batches)
+    assert not runs_module._CANCELS and servicer.cancelled == []  # no cancel was even sent
+
+
+async def test_leaving_after_the_end_or_without_cancel_on_disconnect_cancels_nothing(
+    orchestrator: tuple[ScriptedOrchestrator, OrchestratorStub],
+) -> None:
+    servicer, stub = orchestrator
+
+    async def ended_run(
+        request: pb.StreamRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamRunReply]:
+        yield pb.StreamRunReply()
+        yield pb.StreamRunReply(events=LOG)  # ends with the terminal event
+        await asyncio.Event().wait()  # (the orchestrator has not closed the call yet)
+
+    servicer.scripts = [ended_run, endless_run]
+    ended = stream_request()
+    ended.cancel_on_disconnect = True
+    await leave_after_first_batch(await watch(stub, ended, anyio.Event()))
+    await leave_after_first_batch(await watch(stub, stream_request(), anyio.Event()))
+    assert not runs_module._CANCELS and servicer.cancelled == []
+
+
+async def _wait_for(check: Callable[[], bool]) -> None:
+    while not check():
+        await asyncio.sleep(0.01)

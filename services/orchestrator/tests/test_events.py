@@ -11,10 +11,11 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from cai_common.runs import parse_event_id
 from cai_devstack.procs import free_port
 from cai_orchestrator import keys
-from cai_orchestrator.events import EventBatcher, EventWriter, parse_event_id
-from cai_orchestrator.tailer import LogTailer, Subscription
+from cai_orchestrator.events import EventBatcher, EventWriter
+from cai_orchestrator.tailer import LogTailer, Subscription, SubscriptionFailed
 
 
 def log_key(run_id: str) -> str:
@@ -53,7 +54,11 @@ def test_parse_event_id() -> None:
     assert parse_event_id("0") == (0, 0)
     assert parse_event_id("1700000000000-3") == (1700000000000, 3)
     assert parse_event_id(b"5-0") < parse_event_id("5-1") < parse_event_id("6-0")
-    for bad in ("abc", "1-x", "-1", "1--2"):
+    top = 2**64 - 1
+    assert parse_event_id(f"{top}-{top}") == (top, top)
+    too_big = (f"{top + 1}-0", f"0-{top + 1}", "99999999999999999999-0", "1" * 21 + "-0")
+    malformed = ("abc", "1-x", "-1", "1--2", "-1-0", "1-2-3", "5", "5-", " 5-0", "５-0", "5-0\n")
+    for bad in (*too_big, *malformed):
         with pytest.raises(ValueError):
             parse_event_id(bad)
 
@@ -137,6 +142,49 @@ async def test_many_concurrent_subscribers_at_different_positions_lose_nothing(
     results = await asyncio.gather(*(produce(w) for w in writers), *consumers)
     for got in results[len(writers) :]:
         assert got == expected
+
+
+async def test_a_position_redis_would_refuse_is_refused_on_subscribe(
+    redis: Redis, tailer: LogTailer
+) -> None:
+    """Redis refuses a whole XREAD for one bad id: such a position never joins the shared read."""
+    for bad in ((2**64, 0), (0, 2**64), (-1, 0)):
+        with pytest.raises(ValueError):
+            await tailer.subscribe(log_key(str(uuid.uuid4())), bad)
+    run_id = str(uuid.uuid4())
+    sub = await tailer.subscribe(log_key(run_id), (0, 0))
+    writer = EventWriter(redis, log_key(run_id), coalesce_s=0, safety_ttl_s=600)
+    await writer.close("end", b"null", 60)
+    assert [e for _, e, _ in await drain(sub)] == [b"end"]
+
+
+async def test_a_log_redis_refuses_fails_its_subscription_and_no_other(
+    redis: Redis, tailer: LogTailer
+) -> None:
+    """A log Redis cannot read (here: a key that is not a stream) makes Redis refuse the shared
+    XREAD; only that log's subscribers get an error, every other stream keeps flowing."""
+    bad_key = log_key(str(uuid.uuid4()))
+    await redis.set(bad_key, b"not a stream", ex=60)
+    healthy_run = str(uuid.uuid4())
+    writer = EventWriter(redis, log_key(healthy_run), coalesce_s=0, safety_ttl_s=600)
+    await writer.emit("values", b"1")
+    good = await tailer.subscribe(log_key(healthy_run), (0, 0))
+    bad = await tailer.subscribe(bad_key, (0, 0))
+    await writer.emit("values", b"2")
+    await writer.close("end", b"null", 60)
+    async with asyncio.timeout(10):
+        with pytest.raises(SubscriptionFailed):
+            await bad.get()
+    assert [d for _, _, d in await drain(good)] == [b"1", b"2", b"null"]
+    assert tailer.healthy.is_set()
+    tailer.unsubscribe(bad)  # the client's clean-up after the error: harmless
+    # The replica's read goes on for subscriptions that come later.
+    later = str(uuid.uuid4())
+    sub = await tailer.subscribe(log_key(later), (0, 0))
+    await EventWriter(redis, log_key(later), coalesce_s=0, safety_ttl_s=600).close(
+        "end", b"null", 60
+    )
+    assert [e for _, e, _ in await drain(sub)] == [b"end"]
 
 
 @pytest.fixture

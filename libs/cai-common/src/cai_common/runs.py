@@ -6,6 +6,8 @@ the chaos tests read them. Defined once here so the five places that once spelle
 
 from __future__ import annotations
 
+import re
+
 # The last event of every run's log. Exactly one of them ends a log.
 END = "end"  # the graph finished
 ERROR = "error"  # the graph failed, or the run gave up after its attempts
@@ -37,3 +39,29 @@ TERMINAL_EVENT_OF_STATUS: dict[str, str] = {
 # Trailing metadata of the orchestrator's reads that can be large (SearchThreads, ListRuns,
 # CancelRuns): how many records the call read. The gateway charges rate-limit tokens by it.
 WORK_TRAILER = "cai-work"
+
+# A run's event ids are its log's Redis Stream entry ids: "<ms>-<seq>", both unsigned 64-bit.
+EVENT_ID_PART_MAX = 2**64 - 1
+_EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+
+
+def parse_event_id(event_id: str | bytes) -> tuple[int, int]:
+    """Parse an event id ("1700000000000-3"); "", "0" and "0-0" mean the beginning.
+
+    Redis rejects a whole XREAD when one of its ids is malformed, so every id a client sends is
+    checked here, before it can reach a read that other clients' streams share.
+
+    Raises:
+        ValueError: not `<ms>-<seq>` with both parts decimal and below 2**64.
+    """
+    if isinstance(event_id, bytes):
+        event_id = event_id.decode("ascii", "replace")
+    if event_id in ("", "0"):
+        return (0, 0)
+    match = _EVENT_ID.fullmatch(event_id)
+    if match is None:
+        raise ValueError(f"not an event id: {event_id[:64]!r} (expected <ms>-<seq>)")
+    ms, seq = int(match[1]), int(match[2])
+    if ms > EVENT_ID_PART_MAX or seq > EVENT_ID_PART_MAX:
+        raise ValueError(f"not an event id: {event_id!r} (each part must be below 2**64)")
+    return (ms, seq)

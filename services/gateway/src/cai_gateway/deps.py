@@ -14,6 +14,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from prometheus_client import Counter
 
 from cai.v1 import common_pb2
+from cai_common.runs import parse_event_id
 from cai_gateway.auth import ApiKey, KeyRing, presented_key
 from cai_gateway.config import Settings
 from cai_gateway.limits import Limiter, LimiterUnavailable, StreamSlot, work_cost
@@ -227,11 +228,17 @@ async def last_event_id(
         Header(
             alias="Last-Event-ID",
             max_length=64,
-            description="Resume after this event id (SSE reconnects send it).",
+            description="Resume after this event id (`<ms>-<seq>`, as sent in `id:`; SSE "
+            "reconnects send it).",
         ),
     ] = None,
 ) -> str | None:
-    """The SSE `Last-Event-ID` header."""
+    """The SSE `Last-Event-ID` header, checked: an event id (`<ms>-<seq>`) or "0" (422 if not)."""
+    if value is not None:
+        try:
+            parse_event_id(value)
+        except ValueError as exc:
+            raise Problem(422, f"Last-Event-ID: {exc}") from None
     return value
 
 

@@ -57,7 +57,9 @@ class OrchestratorClient:
     stub: OrchestratorStub
     principal: common_pb2.Principal
     timeout: float
-    shutdown: anyio.Event  # set when the gateway shuts down: event streams end with `reconnect`
+    # Set the moment the gateway is told to stop (SIGTERM): event streams end with `reconnect`,
+    # and a stream ending then is no client leaving (its run is not cancelled for it).
+    shutdown: anyio.Event
 
     async def _call(
         self, method: str, request: Any, *, extra_s: float = 0, missing_ok: bool = False
@@ -254,4 +256,4 @@ class OrchestratorClient:
         through the gateway's shutdown grace period (for clients that cannot resume)."""
         request = self._stream(thread_id, run_id, after_event_id, cancel_on_disconnect)
         shutdown = anyio.Event() if through_shutdown else self.shutdown
-        return await watch(self.stub, request, shutdown)
+        return await watch(self.stub, request, shutdown, stopping=self.shutdown)

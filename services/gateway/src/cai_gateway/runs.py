@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,9 @@ from cai_common.runs import END, TERMINAL_EVENTS
 from cai_gateway.problems import Problem, from_rpc_error
 
 log = logging.getLogger(__name__)
+
+# Deadline of the CancelRun sent when a cancel-on-disconnect stream's client leaves.
+CANCEL_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,19 +70,39 @@ class EventFeed:
 
     After iteration, `shutting_down` says the gateway stopped it and `interrupted` that the
     orchestrator went away; neither means the run ended.
+
+    A cancel-on-disconnect stream the client leaves before the run's end cancels the run here, at
+    once (CancelRun). Ending for any other reason — this gateway stopping (`stopping`), an
+    orchestrator going away — does not: the orchestrator then holds the cancel for its reattach
+    grace, and a client that reconnects in time keeps the run going.
     """
 
     def __init__(
-        self, call: grpc.aio.UnaryStreamCall, first: object, shutdown: anyio.Event
+        self,
+        stub: OrchestratorStub,
+        request: pb.StreamRunRequest,
+        call: grpc.aio.UnaryStreamCall,
+        first: object,
+        shutdown: anyio.Event,
+        stopping: anyio.Event | None = None,
     ) -> None:
+        self.stub = stub
+        self.request = request
         self.call = call
         self.first = first
         self.shutdown = shutdown
+        self.stopping = shutdown if stopping is None else stopping
         self.shutting_down = False
         self.interrupted = False
+        self.ended = False  # the run's terminal event (or the end of its log) was read
         self.last_id = ""
 
-    async def batches(self) -> AsyncIterator[Sequence[pb.RunEvent]]:
+    @property
+    def client_left(self) -> bool:
+        """Iteration stopped before the run ended, and neither a server nor shutdown ended it."""
+        return not (self.ended or self.shutting_down or self.interrupted or self.stopping.is_set())
+
+    async def batches(self) -> AsyncGenerator[Sequence[pb.RunEvent], None]:
         """Non-empty batches of events, in log order (heartbeat replies are skipped)."""
 
         async def stop_on_shutdown() -> None:
@@ -93,8 +117,10 @@ class EventFeed:
                 events = reply.events  # type: ignore[attr-defined]
                 if events:
                     self.last_id = events[-1].id
+                    self.ended = events[-1].event in TERMINAL_EVENTS
                     yield events
                 reply = await self.call.read()
+            self.ended = True
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
             if not self.shutting_down:
                 if isinstance(exc, asyncio.CancelledError):
@@ -106,15 +132,46 @@ class EventFeed:
         finally:
             watcher.cancel()
             self.call.cancel()
+            if self.request.cancel_on_disconnect and self.client_left:
+                cancel_in_background(self.stub, self.request)
+
+
+# Cancels sent for clients that left, kept until done (the event loop holds tasks weakly).
+_CANCELS: set[asyncio.Task[None]] = set()
+
+
+def cancel_in_background(stub: OrchestratorStub, stream: pb.StreamRunRequest) -> None:
+    """CancelRun the stream's run, outside the request: the request is being torn down."""
+
+    async def cancel() -> None:
+        request = pb.CancelRunRequest(
+            principal=stream.principal, thread_id=stream.thread_id, run_id=stream.run_id
+        )
+        try:
+            await stub.CancelRun(request, timeout=CANCEL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            # The orchestrator still cancels it when its reattach grace has passed.
+            log.warning(
+                "could not cancel the run its client left",
+                extra={"run_id": stream.run_id, "code": exc.code().name},
+            )
+
+    task = asyncio.create_task(cancel(), name=f"cancel-{stream.run_id}")
+    _CANCELS.add(task)
+    task.add_done_callback(_CANCELS.discard)
 
 
 async def open_feed(
-    stub: OrchestratorStub, request: pb.StreamRunRequest, shutdown: anyio.Event
+    stub: OrchestratorStub,
+    request: pb.StreamRunRequest,
+    shutdown: anyio.Event,
+    stopping: anyio.Event | None = None,
 ) -> EventFeed:
     """Open a run's event stream; errors before it is accepted raise a Problem (an HTTP status).
 
     The orchestrator sends an empty reply once it has accepted the stream, so unknown runs and bad
-    ids become 404/422 responses instead of a 200 stream that fails.
+    ids become 404/422 responses instead of a 200 stream that fails. `shutdown` ends the stream;
+    `stopping` (default: `shutdown`) says the gateway is stopping, which is no client leaving.
     """
     call = stub.StreamRun(request)
     try:
@@ -122,16 +179,19 @@ async def open_feed(
     except grpc.aio.AioRpcError as exc:
         call.cancel()
         raise from_rpc_error(exc) from None
-    return EventFeed(call, first, shutdown)
+    return EventFeed(stub, request, call, first, shutdown, stopping)
 
 
 async def watch(
-    stub: OrchestratorStub, request: pb.StreamRunRequest, shutdown: anyio.Event
+    stub: OrchestratorStub,
+    request: pb.StreamRunRequest,
+    shutdown: anyio.Event,
+    stopping: anyio.Event | None = None,
 ) -> AsyncIterator[Sequence[pb.RunEvent]]:
     """Open a run's event stream now (so a bad run id is an HTTP error, not a broken 200), and
     return its batches to the end, reopened after the last event seen if an orchestrator goes."""
-    feed = await open_feed(stub, request, shutdown)
-    return follow(stub, request, shutdown, feed)
+    feed = await open_feed(stub, request, shutdown, stopping)
+    return follow(stub, request, shutdown, feed, stopping=stopping)
 
 
 @dataclass
@@ -150,6 +210,7 @@ async def follow(
     shutdown: anyio.Event,
     feed: EventFeed | None = None,
     attempts: int = 5,
+    stopping: anyio.Event | None = None,
 ) -> AsyncIterator[Sequence[pb.RunEvent]]:
     """A run's event batches to the end, reopening the stream after the last event seen when an
     orchestrator goes away (for dialects whose clients cannot resume by themselves).
@@ -162,16 +223,17 @@ async def follow(
     while True:
         if feed is None:
             try:
-                feed = await open_feed(stub, request, shutdown)
+                feed = await open_feed(stub, request, shutdown, stopping)
             except Problem as exc:
                 if exc.status != 503 or failures >= attempts:
                     raise StreamInterrupted(exc.detail) from None
                 failures += 1
                 await asyncio.sleep(min(2.0, 0.2 * 2 ** (failures - 1)))
                 continue
-        async for events in feed.batches():
-            failures = 0
-            yield events
+        async with aclosing(feed.batches()) as batches:  # a client leaving is seen at once
+            async for events in batches:
+                failures = 0
+                yield events
         if feed.shutting_down:
             raise StreamInterrupted("the gateway is shutting down")
         if not feed.interrupted:

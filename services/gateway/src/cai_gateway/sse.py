@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
 
 import anyio
 from prometheus_client import Counter, Gauge
@@ -14,7 +15,6 @@ from prometheus_client import Counter, Gauge
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_common.metrics import TIME_TO_FIRST_TOKEN
-from cai_common.runs import TERMINAL_EVENTS
 from cai_gateway.runs import EventFeed, open_feed
 
 log = logging.getLogger(__name__)
@@ -61,16 +61,18 @@ async def open_stream(
 async def relay(feed: EventFeed, started_at: float | None = None) -> AsyncIterator[bytes]:
     """Frame every event as it comes; only the event name is looked at (for the TTFT metric)."""
     waiting_for_token = started_at is not None
-    ended = False
     try:
-        async for events in feed.batches():
-            if waiting_for_token and any(e.event == "messages" for e in events):
-                TIME_TO_FIRST_TOKEN.labels("edge").observe(time.perf_counter() - (started_at or 0))
-                waiting_for_token = False
-            ended = events[-1].event in TERMINAL_EVENTS
-            yield b"".join(frame(e.id, e.event, e.data) for e in events)
+        # aclosing: when the client leaves, the feed learns it now, not when it is collected.
+        async with aclosing(feed.batches()) as batches:
+            async for events in batches:
+                if waiting_for_token and any(e.event == "messages" for e in events):
+                    TIME_TO_FIRST_TOKEN.labels("edge").observe(
+                        time.perf_counter() - (started_at or 0)
+                    )
+                    waiting_for_token = False
+                yield b"".join(frame(e.id, e.event, e.data) for e in events)
     finally:
-        if not ended and not feed.shutting_down and not feed.interrupted:
+        if feed.client_left:
             STREAM_DISCONNECTS.inc()  # the client went away mid-run (it may resume later)
     if feed.shutting_down:
         yield RECONNECT

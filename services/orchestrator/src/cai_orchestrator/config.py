@@ -69,6 +69,9 @@ class Settings(GrpcServerSettings):
     max_thread_state_bytes: int = 8 * 1024 * 1024
     # How long StreamRun waits for a new event before sending an empty heartbeat reply.
     stream_heartbeat_seconds: float = 10.0
+    # A cancel-on-disconnect run whose stream a server ended (a gateway or orchestrator shutting
+    # down, a gateway dying) is cancelled only if no stream re-joins it within this (reattach.py).
+    reattach_grace_seconds: float = 30.0
 
     def within_thread_ttl(self, seconds: int) -> int:
         """`seconds`, cut to the thread TTL: nothing of a thread outlives the thread."""

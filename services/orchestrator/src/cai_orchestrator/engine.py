@@ -17,6 +17,7 @@ from cai_orchestrator.events import EventBatcher, EventLogs
 from cai_orchestrator.execution import RunExecutor
 from cai_orchestrator.lease import Leases
 from cai_orchestrator.queue import RunQueue
+from cai_orchestrator.reattach import PendingCancels
 from cai_orchestrator.runs import RunService
 from cai_orchestrator.state import ThreadState
 from cai_orchestrator.store import RunStore
@@ -70,6 +71,7 @@ class Engine:
         )
         tailer = LogTailer(tail_redis, redis, s.replica_id, block_ms=TAIL_BLOCK_MS)
         state = ThreadState(graph)
+        pending_cancels = PendingCancels(redis, s.reattach_grace_seconds)
         runs = RunService(
             store,
             queue,
@@ -79,6 +81,7 @@ class Engine:
             assistants,
             s.stream_heartbeat_seconds,
             s.max_thread_state_bytes,
+            pending_cancels,
         )
         threads = ThreadService(store, state, runs, s.max_thread_state_bytes)
         executor = RunExecutor(s, store, queue, state, graph, assistants, bus)

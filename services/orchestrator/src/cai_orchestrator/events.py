@@ -24,22 +24,6 @@ EVENT_FIELD = b"e"
 DATA_FIELD = b"d"
 
 
-def parse_event_id(event_id: str | bytes) -> tuple[int, int]:
-    """Parse a stream entry id ("1700000000000-3"); "" and "0" mean the beginning.
-
-    Raises:
-        ValueError: the id is not a stream entry id.
-    """
-    if isinstance(event_id, bytes):
-        event_id = event_id.decode()
-    if event_id in ("", "0", "0-0"):
-        return (0, 0)
-    ms, _, seq = event_id.partition("-")
-    if not ms.isdigit() or (seq and not seq.isdigit()):
-        raise ValueError(f"not an event id: {event_id!r}")
-    return (int(ms), int(seq or 0))
-
-
 def json_default(obj: Any) -> Any:
     """orjson fallback: LangChain messages and other pydantic models as dicts."""
     dump = getattr(obj, "model_dump", None)

@@ -21,6 +21,9 @@ GROUP = "cai-orchestrators"
 # is a second step after the run is recorded, and a crash between the two must not lose the run.
 DISPATCHING = "cai:runs:dispatching"
 CANCEL_CHANNEL = "cai:cancel"
+# Cancels waiting for a client to re-join its run's stream (sorted set, score = deadline); see
+# reattach.py.
+REATTACH = "cai:runs:reattach"
 
 
 # Names the checkpointer's threads (see ThreadKeys.checkpoint_thread).

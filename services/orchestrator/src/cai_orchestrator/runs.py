@@ -22,6 +22,7 @@ from cai_orchestrator.assistants import Assistants
 from cai_orchestrator.cancel import CancelBus
 from cai_orchestrator.events import EventLogs, dumps
 from cai_orchestrator.queue import RunQueue
+from cai_orchestrator.reattach import PendingCancels
 from cai_orchestrator.records import (
     CANCEL_ACTIONS,
     NewRun,
@@ -33,7 +34,7 @@ from cai_orchestrator.records import (
 )
 from cai_orchestrator.state import run_write_size
 from cai_orchestrator.store import RunStore
-from cai_orchestrator.tailer import Entry, LogTailer
+from cai_orchestrator.tailer import Entry, LogTailer, Subscription, SubscriptionFailed
 
 log = logging.getLogger(__name__)
 # How long after creation a run's queue append counts as lost (its creator died mid-way).
@@ -61,6 +62,8 @@ class RunService:
     heartbeat_s: float
     # The largest a thread's state may grow (JSON bytes of its values; 0: no limit).
     max_state_bytes: int = 0
+    # None: a stream that ends early cancels its run at once, whoever ended it (tests only).
+    pending_cancels: PendingCancels | None = None
 
     async def create(self, new: NewRun) -> RunRecord:
         """Record a run, then queue it (or leave it parked behind its thread's active run)."""
@@ -199,10 +202,10 @@ class RunService:
             sub = await self.tailer.subscribe(run.ref.keys.events, (0, 0))
             try:
                 async with asyncio.timeout(wait_s):
-                    while not has_terminal(await sub.queue.get()):
+                    while not has_terminal(await sub.get()):
                         pass
-            except TimeoutError:
-                pass
+            except (TimeoutError, SubscriptionFailed):
+                pass  # the final record says how far it got
             finally:
                 self.tailer.unsubscribe(sub)
         return await self.store.load_run(run.ref) or run
@@ -224,27 +227,55 @@ class RunService:
             return None
         if not run.temporary:
             await self.store.touch_thread(run.tenant, run.thread_id)
+        if self.pending_cancels is not None and run.status not in TERMINAL_STATUSES:
+            await self.pending_cancels.withdraw(run.ref)  # a client re-joined in time
         sub = await self.tailer.subscribe(run.ref.keys.events, after)
         return RunStream(self, run, sub)
+
+    async def cancel_unless_rejoined(self, run: RunRecord) -> None:
+        """A cancel-on-disconnect run's stream ended, not by its client: cancel the run when the
+        reattach grace has passed, unless a stream re-joins it first (reattach.py)."""
+        if self.pending_cancels is None:
+            await self.cancel(run.tenant, run.thread_id, run.run_id, "interrupt")
+            return
+        await self.pending_cancels.defer(run.ref)
+
+    async def cancel_abandoned(self) -> int:
+        """Cancel the runs no stream re-joined within the reattach grace; how many."""
+        if self.pending_cancels is None:
+            return 0
+        cancelled = 0
+        for ref in await self.pending_cancels.take_overdue():
+            log.info(
+                "cancelling a run its client did not come back to", extra={"run_id": ref.run_id}
+            )
+            with contextlib.suppress(StoreError):  # deleted meanwhile
+                await self.cancel(ref.tenant, ref.thread_id, ref.run_id, "interrupt")
+                cancelled += 1
+        return cancelled
 
 
 class RunStream:
     """One client's follow of one run's log: batches of entries, None for a quiet period."""
 
-    def __init__(self, service: RunService, run: RunRecord, sub: Any) -> None:
+    def __init__(self, service: RunService, run: RunRecord, sub: Subscription) -> None:
         self.service = service
         self.run = run
         self.sub = sub
         self.finished = False
 
     async def batches(self) -> AsyncIterator[list[Entry] | None]:
-        """Entries in order until the terminal event; None after each quiet heartbeat period."""
+        """Entries in order until the terminal event; None after each quiet heartbeat period.
+
+        Raises:
+            SubscriptionFailed: the run's log cannot be read (this stream ends, no other).
+        """
         while True:
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
                 # cancellation (the client leaving) that lands as the queue yields.
                 async with asyncio.timeout(self.service.heartbeat_s):
-                    batch = await self.sub.queue.get()
+                    batch = await self.sub.get()
             except TimeoutError:
                 if await self.service.store.load_run(self.run.ref) is None:
                     self.finished = True  # deleted or expired while we watched
@@ -257,9 +288,13 @@ class RunStream:
                 return
 
     async def close(self, cancel_unfinished: bool) -> None:
-        """Stop following; with `cancel_unfinished`, a run the client left early is cancelled."""
+        """Stop following; with `cancel_unfinished`, a run left before its end is cancelled
+        unless a stream re-joins it within the reattach grace.
+
+        The gateway cancels at once when its client leaves (CancelRun); a stream that ends here
+        without that was ended by a server going away, and its client was told to reconnect.
+        """
         self.service.tailer.unsubscribe(self.sub)
         if not self.finished and cancel_unfinished:
-            r = self.run
             with contextlib.suppress(RedisError, StoreError):
-                await self.service.cancel(r.tenant, r.thread_id, r.run_id, "interrupt")
+                await self.service.cancel_unless_rejoined(self.run)

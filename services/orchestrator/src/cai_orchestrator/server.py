@@ -24,6 +24,7 @@ from cai_orchestrator.queue import RunQueue
 from cai_orchestrator.retrieval import RetrieverClient
 from cai_orchestrator.servicers.orchestrator import OrchestratorServicer
 from cai_orchestrator.store import RunStore
+from cai_orchestrator.tailer import LogTailer
 from cai_orchestrator.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,15 @@ async def _sample_queue(queue: RunQueue, interval_s: float = 5.0) -> None:
         await asyncio.sleep(interval_s)
 
 
-async def _watch_health(service: GrpcService, store: RunStore, worker: Worker) -> None:
-    """SERVING only while Redis answers and the worker reads the queue."""
+async def _watch_health(
+    service: GrpcService, store: RunStore, worker: Worker, tailer: LogTailer
+) -> None:
+    """SERVING only while Redis answers, the worker reads the queue and the log tailer reads
+    the event logs (without it, no stream of this replica gets events)."""
     serving: bool | None = None
     while True:
         try:
-            ok = await store.ping() and worker.ready.is_set()
+            ok = await store.ping() and worker.ready.is_set() and tailer.healthy.is_set()
         except (RedisError, OSError):
             ok = False
         if ok != serving:
@@ -92,7 +96,9 @@ async def serve(settings: Settings) -> None:
         await engine.start()
         await service.start()
         service.install_signal_handlers()
-        health = asyncio.create_task(_watch_health(service, engine.store, engine.worker))
+        health = asyncio.create_task(
+            _watch_health(service, engine.store, engine.worker, engine.tailer)
+        )
         sampler = asyncio.create_task(_sample_queue(engine.queue))
 
         async def drain() -> None:

@@ -8,14 +8,19 @@ import logging
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
+from cai_common.runs import EVENT_ID_PART_MAX, parse_event_id
 from cai_orchestrator import keys
-from cai_orchestrator.events import DATA_FIELD, EVENT_FIELD, parse_event_id
+from cai_orchestrator.events import DATA_FIELD, EVENT_FIELD
 
 log = logging.getLogger(__name__)
 
 Entry = tuple[bytes, bytes, bytes]  # (event id, event name, data)
+
+
+class SubscriptionFailed(Exception):
+    """Redis refused to read this run's log: its subscription ends, every other one goes on."""
 
 
 @dataclass(eq=False)
@@ -24,7 +29,18 @@ class Subscription:
 
     key: bytes
     last_id: tuple[int, int]
-    queue: asyncio.Queue[list[Entry]] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[list[Entry] | SubscriptionFailed] = field(default_factory=asyncio.Queue)
+
+    async def get(self) -> list[Entry]:
+        """The next batch of entries, waiting for it.
+
+        Raises:
+            SubscriptionFailed: the log cannot be read; the subscription has ended.
+        """
+        item = await self.queue.get()
+        if isinstance(item, SubscriptionFailed):
+            raise item
+        return item
 
 
 class LogTailer:
@@ -33,6 +49,12 @@ class LogTailer:
     One Redis connection serves any number of streams, instead of one blocked connection per
     client. Subscribing pokes a per-replica "wake" stream that is part of every XREAD, so a new
     subscription is picked up at once rather than after the block times out.
+
+    Redis refuses a whole XREAD when one of its streams cannot be read (an id out of range, a key
+    that is not a stream), so one bad subscription could stall every stream of the replica.
+    Positions are checked on `subscribe`; if Redis still refuses the shared read, each log is read
+    alone and the subscriptions of the logs it refuses fail (`SubscriptionFailed`), while the
+    others go on. `healthy` is set while reads succeed (the replica's health reports it).
     """
 
     def __init__(self, redis: Redis, poke: Redis, replica_id: str, block_ms: int = 5000) -> None:
@@ -60,7 +82,13 @@ class LogTailer:
             await self.poke.delete(self.wake_key)
 
     async def subscribe(self, log_key: str, after: tuple[int, int]) -> Subscription:
-        """Watch a run's log (its key) from after `after`."""
+        """Watch a run's log (its key) from after `after`.
+
+        Raises:
+            ValueError: `after` is not a stream entry id (each part 0 to 2**64 - 1).
+        """
+        if not all(0 <= part <= EVENT_ID_PART_MAX for part in after):
+            raise ValueError(f"not an event id: {after[0]}-{after[1]}")
         key = log_key.encode()
         sub = Subscription(key, after)
         self._subs.setdefault(key, set()).add(sub)
@@ -87,11 +115,15 @@ class LogTailer:
             sent = dict(self._cursor)
             for key, (ms, seq) in sent.items():
                 streams[key] = f"{ms}-{seq}".encode()
+            # Until a read succeeds, do not block: health learns at once that reads work again.
+            block = self.block_ms if self.healthy.is_set() else 1
             try:
-                reply = await self.redis.xread(streams, count=1000, block=self.block_ms)
+                reply = await self.redis.xread(streams, count=1000, block=block)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                if isinstance(exc, ResponseError) and await self._fail_unreadable(streams):
+                    continue  # the offending subscriptions are gone; the others read on
                 self.healthy.clear()
                 log.warning("log tailer lost Redis; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(backoff)
@@ -106,6 +138,35 @@ class LogTailer:
                     self._wake_cursor = entries[-1][0]
                     continue
                 self._dispatch(key, entries, sent.get(key, (0, 0)))
+
+    async def _fail_unreadable(self, streams: dict[bytes, bytes]) -> bool:
+        """Redis refused the shared read: read each log alone and fail the subscriptions of those
+        it refuses. False when no log is to blame (Redis refuses the wake stream too, so the read
+        as a whole is failing): nobody's subscription is ended for that."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, cursor in streams.items():
+                    pipe.xread({key: cursor}, count=1)  # no BLOCK: answers at once
+                replies = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError):
+            return False
+        refused = {
+            key: reply
+            for key, reply in zip(streams, replies, strict=True)
+            if isinstance(reply, ResponseError)
+        }
+        if not refused or self.wake_key in refused:
+            return False
+        for key, error in refused.items():
+            log.warning(
+                "a run's event log cannot be read; failing its streams",
+                extra={"log": key.decode(errors="replace"), "error": str(error)},
+            )
+            failure = SubscriptionFailed("The run's event log cannot be read")
+            for sub in self._subs.pop(key, ()):
+                sub.queue.put_nowait(failure)
+            self._cursor.pop(key, None)
+        return True
 
     def _dispatch(
         self, key: bytes, entries: list[tuple[bytes, dict[bytes, bytes]]], sent: tuple[int, int]

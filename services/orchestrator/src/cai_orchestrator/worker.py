@@ -77,7 +77,18 @@ class Worker:
             asyncio.create_task(self._take_loop(), name="take-jobs"),
             asyncio.create_task(self.bus.listen(), name="cancel-listener"),
             asyncio.create_task(Reclaimer(self).loop(), name="reclaim"),
+            asyncio.create_task(self._cancel_abandoned_loop(), name="reattach-grace"),
         ]
+
+    async def _cancel_abandoned_loop(self) -> None:
+        """Cancel the runs whose client did not re-join them within the reattach grace."""
+        interval = min(1.0, max(self.settings.reattach_grace_seconds / 2, 0.05))
+        while self._accepting:
+            await asyncio.sleep(interval)
+            try:
+                await self.runs.cancel_abandoned()
+            except (RedisError, OSError) as exc:
+                log.warning("reattach sweep failed; retrying", extra={"error": str(exc)})
 
     @property
     def in_flight(self) -> int:

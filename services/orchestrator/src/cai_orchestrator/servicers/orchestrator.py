@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from cai.v1 import orchestrator_pb2 as pb
 from cai.v1 import orchestrator_pb2_grpc
-from cai_common.runs import PENDING, RUNNING, WORK_TRAILER
+from cai_common.runs import PENDING, RUNNING, WORK_TRAILER, parse_event_id
 from cai_orchestrator.assistants import GRAPH_ID, Assistant, Assistants
 from cai_orchestrator.convert import (
     InvalidRequest,
@@ -25,11 +25,11 @@ from cai_orchestrator.convert import (
     run_events,
     tenant_of,
 )
-from cai_orchestrator.events import parse_event_id
 from cai_orchestrator.records import StoreError, not_found
 from cai_orchestrator.runner import SUPPORTED_STREAM_MODES
 from cai_orchestrator.runs import RunService
 from cai_orchestrator.state import InvalidUpdate
+from cai_orchestrator.tailer import SubscriptionFailed
 from cai_orchestrator.threads import ThreadService
 from cai_orchestrator.views import assistant_view, run_view, schemas_view
 
@@ -244,6 +244,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             async for batch in stream.batches():
                 # An empty reply keeps idle proxies and the gateway informed.
                 yield pb.StreamRunReply() if batch is None else run_events(batch)
+        except SubscriptionFailed as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         finally:
             await stream.close(cancel_unfinished=request.cancel_on_disconnect)
 

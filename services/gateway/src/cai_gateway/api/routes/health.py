@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Request, Response
 
 from cai_gateway.problems import problem_response
+from cai_gateway.readiness import SERVING
 
 router = APIRouter(tags=["health"])
 
@@ -17,10 +19,15 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
-    """Readiness: the orchestrator answers its health check and we are not shutting down."""
+    """Readiness: this gateway serves (503 only while it shuts down); the body says whether a
+    dependency is degraded (`readiness.py` explains why that does not make it unready)."""
     state = request.app.state
     if state.shutdown_event.is_set():
         return problem_response(503, "Shutting down")
-    if not await state.readiness.ready():
-        return problem_response(503, "The orchestrator is not ready", {"Retry-After": "1"})
-    return Response(b'{"status":"ok"}', media_type="application/json")
+    orchestrator = await state.readiness.orchestrator()
+    body = {
+        "status": "ok" if orchestrator == SERVING else "degraded",
+        "dependencies": {"orchestrator": orchestrator},
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+

@@ -151,6 +151,9 @@ async def create_chat_completion(
     )
     headers = {THREAD_HEADER: thread_id} if thread_id else {}
     if body.stream:
+        # Where the run can be re-joined (LangGraph stream, with Last-Event-ID) if this stream
+        # is cut by a gateway shutting down: the run waits REATTACH_GRACE_SECONDS for that.
+        headers["Content-Location"] = run.path
         return EventSourceResponse(
             slot.wrap(tracked(openai_chunks(batches, ids, started), "openai")),
             ping=settings.sse_ping_seconds,

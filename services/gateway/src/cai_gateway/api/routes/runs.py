@@ -72,6 +72,12 @@ def sse_response(
     )
 
 
+def rejoin_query(on_disconnect: str) -> str:
+    """The query a `Location` to re-join a run carries: a run that stops when its client leaves
+    keeps doing so after the client reconnects (a gateway shutdown is no leaving: docs/api.md)."""
+    return "?cancel_on_disconnect=true" if on_disconnect == "cancel" else ""
+
+
 def check_input(body: RunCreate, settings: Settings) -> None:
     """Enforce the message limits on `input.messages` and `command.update`'s messages (422)."""
     for where, messages in (
@@ -145,9 +151,8 @@ async def create_and_stream_run(
         cancel_on_disconnect=on_disconnect == "cancel",
         started_at=started,
     )
-    return sse_response(
-        request, stream, slot, {"Location": f"{run.path}/stream", "Content-Location": run.path}
-    )
+    location = f"{run.path}/stream{rejoin_query(on_disconnect)}"
+    return sse_response(request, stream, slot, {"Location": location, "Content-Location": run.path})
 
 
 @router.get(
@@ -241,8 +246,9 @@ async def create_and_wait_run(
     async def result() -> bytes:
         return await _result(orch, run.thread_id, await drain(batches), False)
 
+    location = f"{run.path}/join{rejoin_query(on_disconnect)}"
     return _wait_response(
-        request, result(), slot, {"Location": f"{run.path}/join", "Content-Location": run.path}
+        request, result(), slot, {"Location": location, "Content-Location": run.path}
     )
 
 
@@ -253,9 +259,12 @@ async def join_run(
     request: Request,
     orch: OrchestratorClientDep,
     slot: StreamSlotDep,
+    cancel_on_disconnect: bool = False,
 ) -> Response:
     """Wait for a run to end and return the thread's final values."""
-    batches = await orch.watch(str(thread_id), str(run_id))
+    batches = await orch.watch(
+        str(thread_id), str(run_id), cancel_on_disconnect=cancel_on_disconnect
+    )
 
     async def result() -> bytes:
         return await _result(orch, str(thread_id), await drain(batches), True)
