@@ -45,10 +45,10 @@ async def readyz(base: str) -> httpx.Response:
         return await http.get("/readyz")
 
 
-async def dependency_up(base: str) -> float:
+async def dependency_up(metrics_url: str) -> float:
     """The gateway's `cai_gateway_dependency_up{dependency="orchestrator"}`."""
-    async with client(base, None) as http:
-        text = (await http.get("/metrics")).text
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(metrics_url)).text
     (line,) = [
         line
         for line in text.splitlines()
@@ -61,11 +61,12 @@ async def test_an_orchestrator_outage_degrades_the_gateways_without_making_them_
     ready_stack: Stack,
 ) -> None:
     gateways = [ready_stack.gateway_url(i) for i in (0, 1)]
+    metrics = dict(zip(gateways, [ready_stack.gateway_metrics_url(i) for i in (0, 1)], strict=True))
     for base in gateways:
         ok = await readyz(base)
         assert ok.status_code == 200
         assert ok.json() == {"status": "ok", "dependencies": {"orchestrator": "serving"}}
-        assert await dependency_up(base) == 1
+        assert await dependency_up(metrics[base]) == 1
 
     ready_stack.procs["orchestrator"].stop()
     try:
@@ -78,7 +79,7 @@ async def test_an_orchestrator_outage_degrades_the_gateways_without_making_them_
             answer = await readyz(base)
             assert answer.status_code == 200  # still in the load balancer: it serves
             assert answer.json()["dependencies"] == {"orchestrator": "unavailable"}
-            assert await dependency_up(base) == 0
+            assert await dependency_up(metrics[base]) == 0
             # What it serves: a clear 503 problem with Retry-After, not a proxy error...
             async with client(base, KEYS.red) as http:
                 created = await http.post("/threads", json={})

@@ -21,6 +21,8 @@ from cai.v1 import orchestrator_pb2 as pb
 from cai.v1.orchestrator_pb2_grpc import OrchestratorStub
 from cai_common.runs import END
 from cai_devstack.stack import Stack
+from cai_gateway.app import create_app
+from cai_gateway.config import Settings
 from tests.e2e.support import client, question
 from tests.security.support import KEYS
 
@@ -36,10 +38,10 @@ BAD_IDS = [
 ]
 
 
-async def streaming_routes(base: str) -> list[str]:
-    """Every GET route whose OpenAPI operation takes a Last-Event-ID header."""
-    async with client(base, None) as http:
-        spec = (await http.get("/openapi.json")).json()
+def streaming_routes() -> list[str]:
+    """Every GET route whose OpenAPI operation takes a Last-Event-ID header (the gateway's own
+    schema: the running gateway does not serve it without PUBLIC_DOCS)."""
+    spec = create_app(Settings()).openapi()
     return sorted(
         path
         for path, ops in spec["paths"].items()
@@ -66,7 +68,7 @@ async def red_paths(sec: str) -> dict[str, str]:
 async def test_every_route_that_takes_last_event_id_is_covered(
     sec: str, red_paths: dict[str, str]
 ) -> None:
-    assert await streaming_routes(sec) == sorted(red_paths)
+    assert streaming_routes() == sorted(red_paths)
 
 
 @pytest.mark.parametrize("bad", BAD_IDS)

@@ -77,6 +77,7 @@ class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.procs: dict[str, Proc] = {}
+        self._gateway_metrics_ports: dict[int, int] = {0: config.gateway_metrics_port}
         self.extra_ports: dict[str, int] = {}
 
     @property
@@ -93,6 +94,11 @@ class Stack:
     def llm_sim_url(self) -> str:
         """llm-sim's root URL (no /v1)."""
         return f"http://127.0.0.1:{self.config.llm_sim_port}"
+
+    def gateway_metrics_url(self, index: int = 0) -> str:
+        """Prometheus metrics of the index-th gateway (its own port, not the public one)."""
+        port = self._gateway_metrics_ports.setdefault(index, free_port())
+        return f"http://127.0.0.1:{port}/metrics"
 
     def gateway_url(self, index: int = 0) -> str:
         """Base URL of the index-th gateway."""
@@ -216,7 +222,7 @@ class Stack:
     def gateway_proc(self, index: int = 0) -> Proc:
         """One gateway (the index-th listens on gateway_port + index)."""
         name = "gateway" if index == 0 else f"gateway-{index}"
-        metrics_port = self.config.gateway_metrics_port if index == 0 else free_port()
+        metrics_port = self._gateway_metrics_ports.setdefault(index, free_port())
         orchestrators = ",".join(
             self.orchestrator_addr(i) for i in range(self.config.orchestrator_replicas)
         )

@@ -30,4 +30,3 @@ async def readyz(request: Request) -> Response:
         "dependencies": {"orchestrator": orchestrator},
     }
     return Response(orjson.dumps(body), media_type="application/json")
-
