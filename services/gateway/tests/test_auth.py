@@ -63,6 +63,7 @@ def test_an_empty_file_has_no_keys() -> None:
         (f'keys: [{{id: a, sha256: "{hash_key(ALPHA)}"}}]', "keys.0.tenant"),
         (f'keys: [{{id: a, tenant: t, sha256: "{hash_key(ALPHA)}", key: x}}]', "keys.0.key"),
         (f'keys: [{{id: "a b", tenant: t, sha256: "{hash_key(ALPHA)}"}}]', "keys.0.id"),
+        (f'keys: [{{id: a, tenant: "a:b", sha256: "{hash_key(ALPHA)}"}}]', "keys.0.tenant"),
         ("keys: {id: a}", "keys"),
         ("[1, 2]", "(top level)"),
         ("keys: [", "not valid YAML"),

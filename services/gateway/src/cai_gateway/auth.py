@@ -13,7 +13,9 @@ from pathlib import Path
 
 import anyio
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cai_common.tenants import check_tenant
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,17 @@ class KeyEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
-    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    # Part of storage key names: cai_common.tenants.TENANT_RULE (no ':', '.', '@', braces).
+    tenant: str
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
     rate_limit_per_second: float | None = Field(default=None, ge=0)
     rate_limit_burst: int | None = Field(default=None, ge=1)
     max_concurrent_streams: int | None = Field(default=None, ge=0)
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_name(cls, value: str) -> str:
+        return check_tenant(value)
 
 
 class KeysFile(BaseModel):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import field_validator
+
 from cai_common.settings import ServiceSettings
+from cai_common.tenants import check_tenant
 
 
 class Settings(ServiceSettings):
@@ -50,6 +53,11 @@ class Settings(ServiceSettings):
     # -- browsers -----------------------------------------------------------------------------
     # Comma-separated allowed CORS origins ("*" for any); empty: no CORS headers.
     cors_origins: str = ""
+
+    @field_validator("anonymous_tenant")
+    @classmethod
+    def _tenant_name(cls, value: str) -> str:
+        return check_tenant(value)
 
     def cors_origin_list(self) -> list[str]:
         """`CORS_ORIGINS` as a list."""
