@@ -24,6 +24,10 @@ ASSISTANTS = """
   name: Locked persona
   system_prompt: "You are the locked persona."
   allow_system_prompt_override: false
+- id: open
+  name: Open persona
+  system_prompt: "You are the open persona."
+  allow_system_prompt_override: true
 """
 
 
