@@ -455,7 +455,7 @@ async def test_llm_faults_are_retried_then_end_in_an_error_naming_the_status(
         final = (await http.get(f"/chat/{task_id}/status")).json()
     assert events[-1]["type"] == "error"
     error = events[-1]["data"]
-    assert f"Error code: {status}" in f"{error['error']}: {error['message']}", error
+    assert error["error"] == "model_error" and f"(status {status})" in error["message"], error
     assert final["status"] == "error" and final["error"]
 
     requests = await sim_requests(api_stack, marker)

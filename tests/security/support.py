@@ -28,6 +28,15 @@ ASSISTANTS = """
   name: Open persona
   system_prompt: "You are the open persona."
   allow_system_prompt_override: true
+- id: broken
+  name: Broken model
+  description: every model call fails with a 500 whose body names llm-sim
+  model_headers: {X-Sim-Fail-Status: "500"}
+- id: leaky-tool
+  name: Leaky tool
+  description: its one tool fails with internal details in the exception
+  model_headers: {X-Sim-Tool-Mode: never}
+  tools: ["tests.security.leaky_tools:inventory"]
 """
 
 
