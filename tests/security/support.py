@@ -55,6 +55,6 @@ def keys_yaml(keys: Keys = KEYS) -> str:
     """The keys file of the security stack: two tenants, one key each."""
     return f"""
 keys:
-  - {{id: red, tenant: red, sha256: "{hash_key(keys.red)}"}}
+  - {{id: red, tenant: red, subject: red-team, sha256: "{hash_key(keys.red)}"}}
   - {{id: blue, tenant: blue, sha256: "{hash_key(keys.blue)}"}}
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from cai_common.settings import ServiceSettings
 from cai_common.tenants import check_tenant
@@ -36,7 +36,8 @@ class Settings(ServiceSettings):
     # ...and the bucket size (requests allowed in a burst).
     rate_limit_burst: int = 100
     # Per API key: concurrent open streams and waits (SSE, /wait, /join, chat completions).
-    max_concurrent_streams: int = 32
+    # At least 1 (0 is refused at start-up: it once meant "unlimited").
+    max_concurrent_streams: int = Field(default=32, ge=1)
     # A stream slot not refreshed for this long is reclaimed (a gateway that died leaks none).
     stream_slot_ttl_seconds: float = 30.0
     # With Redis unreachable: true lets requests through (logged), false answers 503.
