@@ -184,10 +184,10 @@ async def test_sigterm_of_a_gateway_tells_clients_to_reconnect(chaos: Stack) -> 
 @pytest.mark.parametrize(
     ("assistant", "expected"),
     [
-        ("fail-500", "Error code: 500"),
-        ("fail-429", "Error code: 429"),
-        ("stall", "timed out"),
-        ("cut", "Connection error"),
+        ("fail-500", "model_error: The model answered with an error (status 500)"),
+        ("fail-429", "model_error: The model answered with an error (status 429)"),
+        ("stall", "model_timeout"),
+        ("cut", "model_unavailable"),
     ],
 )
 async def test_llm_faults_end_in_a_clear_error_and_the_thread_stays_usable(

@@ -111,7 +111,8 @@ async def test_run_errors_come_back_as_error_events_and_error_bodies(
     )
     error = unknown["__error__"]  # type: ignore[index]
     assert str(raised.value) == f"{error['error']}: {error['message']}"
-    assert "Error code: 500" in str(raised.value)  # the model's status, named
+    assert "(status 500)" in str(raised.value)  # the model's status, named
+    assert error["error"] == "model_error" and error["error_id"]  # never the upstream body
     async with client(gw) as http:
         body = {"assistant_id": "broken", "input": question()}
         waited = await http.post(f"/threads/{thread['thread_id']}/runs/wait", json=body)

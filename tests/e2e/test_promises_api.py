@@ -37,6 +37,9 @@ ASSISTANTS = f"""
   model_headers: {{X-Sim-Fail-Status: "500"}}
 - id: fail-429
   model_headers: {{X-Sim-Fail-Status: "429"}}
+- id: open
+  system_prompt: "You are the open persona."
+  allow_system_prompt_override: true
 """
 ALPHA = "promises-alpha-key-0123456789"  # tenant-a
 BETA = "promises-beta-key-0123456789a"  # tenant-b
@@ -405,32 +408,32 @@ async def test_task_conversation_history_reaches_the_model(api_stack: Stack, gw:
     assert sent[1:] == [(m["role"], m["content"]) for m in history] + [("user", message)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a leading `system` message never reaches the model: the agent trims the history with "
-    "trim_messages(start_on='human'), which drops it (graph.py agent())",
-)
 @pytest.mark.parametrize("dialect", ["task", "openai"])
-async def test_a_system_message_of_the_request_reaches_the_model(
+async def test_a_system_message_of_the_request_replaces_the_persona_when_allowed(
     api_stack: Stack, gw: str, dialect: str
 ) -> None:
     """docs/api.md: `conversation_history` is `[{role: user|assistant|system, content}]`; chat
-    completion `messages` roles are `system`, `developer` (treated as `system`), `user`, ..."""
+    completion `messages` roles are `system`, `developer` (treated as `system`), `user`, ...; an
+    assistant with `allow_system_prompt_override` takes the request's system message as its
+    prompt."""
     marker = f"zq{uuid.uuid4().hex[:10]}"
     system = {"role": "system", "content": f"Always mention {marker}."}
     if dialect == "task":
-        events = await run_task(gw, {"message": "Hello?", "conversation_history": [system]})
+        body = {"message": "Hello?", "conversation_history": [system], "assistant_id": "open"}
+        events = await run_task(gw, body)
         assert events[-1]["type"] == "done"
     else:
         oai = AsyncOpenAI(base_url=f"{gw}/v1", api_key=ALPHA, max_retries=0)
         completion = await oai.chat.completions.create(
-            model="chat",
+            model="open",
             messages=[system, {"role": "user", "content": "Hello?"}],  # type: ignore[list-item]
         )
         await oai.close()
         assert completion.choices[0].message.content
     requests = await sim_requests(api_stack, marker)
     assert len(requests) == 1, "the system message is in no request the model received"
+    sent = [(m["role"], m["content"]) for m in requests[0]["messages"]]
+    assert sent == [("system", system["content"]), ("user", "Hello?")]
 
 
 # -- 10. LLM faults: retried, Retry-After honoured, then a clear error -----------------------------
@@ -452,7 +455,7 @@ async def test_llm_faults_are_retried_then_end_in_an_error_naming_the_status(
         final = (await http.get(f"/chat/{task_id}/status")).json()
     assert events[-1]["type"] == "error"
     error = events[-1]["data"]
-    assert f"Error code: {status}" in f"{error['error']}: {error['message']}", error
+    assert error["error"] == "model_error" and f"(status {status})" in error["message"], error
     assert final["status"] == "error" and final["error"]
 
     requests = await sim_requests(api_stack, marker)

@@ -30,6 +30,19 @@ ASSISTANTS = """
   recursion_limit: 4
   model_headers: {X-Sim-Tool-Mode: always}
   tools: ["tests.e2e.agent_tools:echo"]
+- id: open
+  name: Open persona
+  system_prompt: "You are the open persona."
+  allow_system_prompt_override: true
+- id: broken
+  name: Broken model
+  description: every model call fails with a 500 whose body names llm-sim
+  model_headers: {X-Sim-Fail-Status: "500"}
+- id: leaky-tool
+  name: Leaky tool
+  description: its one tool fails with internal details in the exception
+  model_headers: {X-Sim-Tool-Mode: never}
+  tools: ["tests.security.leaky_tools:inventory"]
 """
 
 
@@ -49,7 +62,7 @@ def keys_yaml(keys: Keys = KEYS) -> str:
     """The keys file of the security stack: two tenants, one key each."""
     return f"""
 keys:
-  - {{id: red, tenant: red, sha256: "{hash_key(keys.red)}"}}
+  - {{id: red, tenant: red, subject: red-team, sha256: "{hash_key(keys.red)}"}}
   - {{id: blue, tenant: blue, sha256: "{hash_key(keys.blue)}"}}
   - id: metered
     tenant: red

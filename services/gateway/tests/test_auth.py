@@ -51,6 +51,14 @@ def test_parse_keys_reads_per_key_limits() -> None:
     )
 
 
+def test_a_key_names_its_subject_or_defaults_to_its_id() -> None:
+    text = (
+        f'keys:\n  - {{id: a, tenant: t, subject: ops-team, sha256: "{hash_key(ALPHA)}"}}\n'
+        f'  - {{id: b, tenant: t, sha256: "{hash_key(BETA)}"}}\n'
+    )
+    assert [k.subject for k in parse_keys(text)] == ["ops-team", "b"]
+
+
 def test_an_empty_file_has_no_keys() -> None:
     assert parse_keys("") == []
     assert parse_keys("keys: []") == []
@@ -63,6 +71,11 @@ def test_an_empty_file_has_no_keys() -> None:
         (f'keys: [{{id: a, sha256: "{hash_key(ALPHA)}"}}]', "keys.0.tenant"),
         (f'keys: [{{id: a, tenant: t, sha256: "{hash_key(ALPHA)}", key: x}}]', "keys.0.key"),
         (f'keys: [{{id: "a b", tenant: t, sha256: "{hash_key(ALPHA)}"}}]', "keys.0.id"),
+        (f'keys: [{{id: a, tenant: "a:b", sha256: "{hash_key(ALPHA)}"}}]', "keys.0.tenant"),
+        (
+            f'keys: [{{id: a, tenant: t, sha256: "{hash_key(ALPHA)}", max_concurrent_streams: 0}}]',
+            "keys.0.max_concurrent_streams",
+        ),
         ("keys: {id: a}", "keys"),
         ("[1, 2]", "(top level)"),
         ("keys: [", "not valid YAML"),

@@ -21,7 +21,7 @@ from cai_gateway.api.routes.openai import THREAD_HEADER
 from cai_gateway.auth import KeyRing
 from cai_gateway.config import Settings
 from cai_gateway.limits import Limiter
-from cai_gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
+from cai_gateway.middleware import AccessLogMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from cai_gateway.readiness import Readiness
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(AccessLogMiddleware)
     for module in (health, threads, runs, assistants, openai, chat):
         app.include_router(module.router)
     openapi.install(app)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import anyio
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cai_common.tenants import check_tenant
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,20 @@ class KeyEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
-    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    # Part of storage key names: cai_common.tenants.TENANT_RULE (no ':', '.', '@', braces).
+    tenant: str
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    # Who holds the key (a person, a team, a service), for the access log; defaults to the id.
+    subject: str | None = Field(default=None, min_length=1, max_length=128)
     rate_limit_per_second: float | None = Field(default=None, ge=0)
     rate_limit_burst: int | None = Field(default=None, ge=1)
-    max_concurrent_streams: int | None = Field(default=None, ge=0)
+    # At least 1: no key is uncapped (0 once meant "unlimited" without saying so).
+    max_concurrent_streams: int | None = Field(default=None, ge=1)
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_name(cls, value: str) -> str:
+        return check_tenant(value)
 
 
 class KeysFile(BaseModel):
@@ -49,6 +60,7 @@ class ApiKey:
     id: str
     tenant: str
     digest: bytes
+    subject: str = ""
     rate_limit_per_second: float | None = None
     rate_limit_burst: int | None = None
     max_concurrent_streams: int | None = None
@@ -88,6 +100,7 @@ def parse_keys(text: str, source: str = "keys file") -> list[ApiKey]:
             id=k.id,
             tenant=k.tenant,
             digest=bytes.fromhex(k.sha256),
+            subject=k.subject or k.id,
             rate_limit_per_second=k.rate_limit_per_second,
             rate_limit_burst=k.rate_limit_burst,
             max_concurrent_streams=k.max_concurrent_streams,
@@ -140,28 +153,40 @@ class KeyRing:
         self._checked_at = time.monotonic()
 
     async def refresh(self) -> None:
-        """Pick up a changed file (at most once per `reload_seconds`); keep the old keys if the
-        new file is invalid, and say so in the log."""
+        """Pick up a changed file (at most once per `reload_seconds`).
+
+        A file that is gone or cannot be read fails closed: no key is valid until it is back
+        (removing the Secret must not leave revoked keys working). A file that reads but is
+        invalid keeps the loaded keys (a typo in a rotation must not lock everyone out). Both
+        are logged as errors.
+        """
         if not self.path or time.monotonic() - self._checked_at < self.reload_seconds:
             return
         self._checked_at = time.monotonic()
         try:
             stat = await anyio.to_thread.run_sync(os.stat, self.path)
+            if (stat.st_mtime_ns, stat.st_size) == self._stamp:
+                return
+            text = await anyio.to_thread.run_sync(Path(self.path).read_text)
         except OSError as exc:
-            log.error(
-                "API keys file unreadable; keeping the loaded keys", extra={"error": str(exc)}
-            )
-            return
-        if (stat.st_mtime_ns, stat.st_size) == self._stamp:
+            self._fail_closed(exc)
             return
         try:
-            text = await anyio.to_thread.run_sync(Path(self.path).read_text)
             self.keys = parse_keys(text, self.path)
-        except (OSError, KeysFileError) as exc:
+        except KeysFileError as exc:
             log.error("API keys file invalid; keeping the loaded keys", extra={"error": str(exc)})
             return
         self._stamp = (stat.st_mtime_ns, stat.st_size)
         log.info("API keys reloaded", extra={"keys": len(self.keys)})
+
+    def _fail_closed(self, exc: OSError) -> None:
+        if self.keys or self._stamp is not None:
+            log.error(
+                "API keys file unreadable; no API key is valid until it is back",
+                extra={"path": self.path, "error": str(exc), "keys_dropped": len(self.keys)},
+            )
+        self.keys = []
+        self._stamp = None  # whatever comes back is loaded, even with the old stamp
 
     def authenticate(self, key: str) -> ApiKey | None:
         """The entry whose hash matches `key`, or None. Every entry is compared in constant time

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field, field_validator
+
 from cai_common.settings import ServiceSettings
+from cai_common.tenants import check_tenant
 
 
 class Settings(ServiceSettings):
@@ -37,7 +40,8 @@ class Settings(ServiceSettings):
     # ...and the bucket size (requests allowed in a burst).
     rate_limit_burst: int = 100
     # Per API key: concurrent open streams and waits (SSE, /wait, /join, chat completions).
-    max_concurrent_streams: int = 32
+    # At least 1 (0 is refused at start-up: it once meant "unlimited").
+    max_concurrent_streams: int = Field(default=32, ge=1)
     # A stream slot not refreshed for this long is reclaimed (a gateway that died leaks none).
     stream_slot_ttl_seconds: float = 30.0
     # With Redis unreachable: true lets requests through (logged), false answers 503.
@@ -54,6 +58,11 @@ class Settings(ServiceSettings):
     # -- browsers -----------------------------------------------------------------------------
     # Comma-separated allowed CORS origins ("*" for any); empty: no CORS headers.
     cors_origins: str = ""
+
+    @field_validator("anonymous_tenant")
+    @classmethod
+    def _tenant_name(cls, value: str) -> str:
+        return check_tenant(value)
 
     def cors_origin_list(self) -> list[str]:
         """`CORS_ORIGINS` as a list."""

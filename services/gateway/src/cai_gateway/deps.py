@@ -60,6 +60,7 @@ class Caller:
     burst: int
     max_streams: int
     anonymous: bool = False
+    subject: str = ""  # who holds the key (the keys file's `subject`), for the access log
 
 
 def _unauthorized(reason: str, detail: str) -> Problem:
@@ -77,6 +78,7 @@ def _caller_for(key: ApiKey, settings: Settings) -> Caller:
         rate_per_second=float(pick(key.rate_limit_per_second, settings.rate_limit_per_second)),
         burst=int(pick(key.rate_limit_burst, settings.rate_limit_burst)),
         max_streams=int(pick(key.max_concurrent_streams, settings.max_concurrent_streams)),
+        subject=key.subject or key.id,
     )
 
 
@@ -113,6 +115,7 @@ async def get_caller(
             burst=0,
             max_streams=0,
             anonymous=True,
+            subject=ANONYMOUS_ID,
         )
     request.state.caller = caller
     await _take_tokens(request.app.state.limiter, caller, 1)

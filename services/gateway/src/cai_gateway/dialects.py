@@ -98,14 +98,20 @@ ENDED_BECAUSE = {
 
 
 def error_message(event: str, data: bytes) -> str:
-    """A human-readable reason for a run's non-success terminal event."""
-    try:
-        payload = orjson.loads(data) if data else None
-    except orjson.JSONDecodeError:
-        payload = None
-    if isinstance(payload, dict) and isinstance(payload.get("message"), str):
-        return str(payload["message"])
-    return ENDED_BECAUSE.get(event, "The run failed")
+    """A human-readable reason for a run's non-success terminal event (with its error id, the
+    key to the orchestrator's log line about it, when it has one)."""
+    payload = _object(data)
+    message = payload.get("message")
+    if not isinstance(message, str):
+        message = ENDED_BECAUSE.get(event, "The run failed")
+    error_id = payload.get("error_id")
+    return f"{message} (error id {error_id})" if isinstance(error_id, str) else message
+
+
+def error_id_of(data: bytes) -> str | None:
+    """The `error_id` of a terminal event's data, if it has one."""
+    error_id = _object(data).get("error_id")
+    return error_id if isinstance(error_id, str) else None
 
 
 # -- OpenAI chunks -------------------------------------------------------------------------------
@@ -225,7 +231,9 @@ async def openai_completion(
         raise Problem(503, f"The answer was interrupted: {exc}", {"Retry-After": "1"}) from None
     if terminal not in (END, ""):
         status = {TIMEOUT: 504, CANCELLED: 409}.get(terminal, 502)
-        raise Problem(status, error_message(terminal, data))
+        error_id = error_id_of(data)
+        extra: dict[str, Any] = {"error_id": error_id} if error_id else {}
+        raise Problem(status, error_message(terminal, data), None, **extra)
     body = {
         "id": ids.id,
         "object": "chat.completion",
@@ -316,16 +324,15 @@ def task_event_of(task_id: str, e: pb.RunEvent, answer: AnswerText) -> bytes | N
         )
     if e.event in (ERROR, TIMEOUT):
         detail = _object(e.data)
-        return task_event(
-            e.id,
-            "error",
-            {
-                "task_id": task_id,
-                "status": "error",
-                "error": detail.get("error", e.event),
-                "message": detail.get("message", "The task failed"),
-            },
-        )
+        error = {
+            "task_id": task_id,
+            "status": "error",
+            "error": detail.get("error", e.event),
+            "message": detail.get("message", "The task failed"),
+        }
+        if "error_id" in detail:
+            error["error_id"] = detail["error_id"]
+        return task_event(e.id, "error", error)
     return None
 
 

@@ -1,7 +1,9 @@
-"""Pure ASGI middleware: request body size limit and HTTP metrics (no buffering of responses)."""
+"""Pure ASGI middleware: request body size limit, HTTP metrics and the access log (no buffering
+of responses)."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from prometheus_client import Counter, Histogram
@@ -117,3 +119,53 @@ class MetricsMiddleware:
                 method = scope.get("method", "")
                 HTTP_REQUESTS.labels(template, method, str(status)).inc()
                 HTTP_DURATION.labels(template, method).observe(time.perf_counter() - start)
+
+
+ACCESS_LOG = logging.getLogger("cai_gateway.access")
+# Probes and scrapes are not requests anyone needs to audit (and would drown the ones that are).
+_UNLOGGED = frozenset({"/metrics", "/healthz", "/readyz"})
+
+
+class AccessLogMiddleware:
+    """One JSON log line per request when its response ends: who (API key id and subject, tenant;
+    never the key itself), what (method, route template, path), the status and the duration.
+    The audit trail of the API."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in _UNLOGGED:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        # `request.state` is this dict: created here, it is the one the routes see (they get
+        # copies of the scope, which share it), so the authenticated caller shows up in it.
+        state = scope.setdefault("state", {})
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            caller = state.get("caller")
+            route = scope.get("route")
+            ACCESS_LOG.info(
+                "request",
+                extra={
+                    "method": scope.get("method", ""),
+                    "path": scope.get("path", ""),
+                    "route": getattr(route, "path", None) or "unmatched",
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - start) * 1000, 1),
+                    # Set once the request is authenticated (absent on a 401).
+                    "key_id": getattr(caller, "key_id", None),
+                    "subject": getattr(caller, "subject", None),
+                    "tenant": caller.principal.tenant_id if caller is not None else None,
+                },
+            )

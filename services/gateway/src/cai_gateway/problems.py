@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import grpc
@@ -98,8 +99,14 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> Problem:
         detail = "The orchestrator is unavailable; try again shortly"
         return Problem(status, detail, headers={"Retry-After": "1"})
     if status == 502:
-        log.warning("upstream error", extra={"code": code.name, "detail": exc.details()})
-        return Problem(502, "The orchestrator failed to answer")
+        error_id = str(uuid.uuid4())
+        log.warning(
+            "upstream error",
+            extra={"code": code.name, "detail": exc.details(), "error_id": error_id},
+        )
+        return Problem(
+            502, f"The orchestrator failed to answer (error id {error_id})", error_id=error_id
+        )
     return Problem(status, exc.details() or code.name)
 
 
@@ -162,5 +169,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return respond(request, 500, "An unexpected error occurred; it has been logged")
+        error_id = str(uuid.uuid4())
+        log.exception("unhandled error", extra={"error_id": error_id})
+        detail = f"An unexpected error occurred; it has been logged (error id {error_id})"
+        return respond(request, 500, detail, error_id=error_id)

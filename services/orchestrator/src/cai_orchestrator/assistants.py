@@ -68,7 +68,8 @@ class Assistant(BaseModel):
     # When the thread's history passes this many tokens, older turns are summarised into the
     # state (default: three token budgets; 0 turns summaries off).
     summarize_after_tokens: int | None = Field(default=None, ge=0)
-    # Threads may replace the system prompt with their metadata's `system_prompt`.
+    # Clients may replace the system prompt: with a system message of the request (the latest
+    # one), else with the thread metadata's `system_prompt`. When false, neither reaches the model.
     allow_system_prompt_override: bool = False
     # Extra HTTP headers on every call to the model endpoint (e.g. for a routing proxy).
     model_headers: dict[str, str] = Field(default_factory=dict)

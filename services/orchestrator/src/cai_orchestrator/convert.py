@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from cai.v1 import orchestrator_pb2 as pb
+from cai_common.tenants import TENANT_RULE, is_valid_tenant
 from cai_orchestrator.events import dumps
 from cai_orchestrator.records import NewRun
 
@@ -38,10 +39,13 @@ def json_field(raw: bytes, name: str, default: Any = None, kind: type | None = d
 
 
 def tenant_of(principal: Any) -> str:
-    """The caller's tenant; required on every request."""
+    """The caller's tenant; required on every request, and a valid name: it is part of every
+    Redis key of the tenant, and callers are not only the gateway."""
     tenant = principal.tenant_id if principal is not None else ""
     if not tenant:
         raise InvalidRequest("principal.tenant_id is required")
+    if not is_valid_tenant(tenant):
+        raise InvalidRequest(f"principal.tenant_id: {TENANT_RULE}")
     return tenant
 
 

@@ -8,20 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
+
+from cai_orchestrator import lua
 
 log = logging.getLogger(__name__)
 
 EVENT_FIELD = b"e"
 DATA_FIELD = b"d"
+BATCH_FIELD = b"b"  # on a batch's last entry: which batch it ends (lua.APPEND_EVENTS)
+_APPEND_SHA = hashlib.sha1(lua.APPEND_EVENTS.encode()).hexdigest()
+
+Batch = list[tuple[bytes, bytes]]
 
 
 def json_default(obj: Any) -> Any:
@@ -46,6 +54,34 @@ class _TokenRun:
     message_id: str
     meta: bytes
     parts: list[str] = field(default_factory=list)
+
+
+async def append_batches(redis: Redis, writes: list[tuple[EventWriter, Batch]]) -> None:
+    """Write each writer's batch, all in one pipelined round trip.
+
+    Every batch is one script call that writes it at most once, so a pipeline redis-py resends
+    after losing its reply does not duplicate events. A Redis that lost its scripts (restarted,
+    flushed) answers NOSCRIPT: the script is loaded and those batches are sent again.
+
+    Raises:
+        RedisError: Redis failed or refused a batch.
+    """
+    pending = [(writer, batch) for writer, batch in writes if batch]
+    for _ in range(2):
+        if not pending:
+            return
+        async with redis.pipeline(transaction=False) as pipe:
+            for writer, batch in pending:
+                writer._add_writes(pipe, batch)
+            results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, NoScriptError):
+                raise result
+        pending = [w for w, r in zip(pending, results, strict=True) if isinstance(r, NoScriptError)]
+        if pending:
+            await redis.script_load(lua.APPEND_EVENTS)
+    if pending:
+        raise NoScriptError("the event script could not be loaded")
 
 
 def _future() -> asyncio.Future[None]:
@@ -121,10 +157,7 @@ class EventBatcher:
     async def _write(self, writers: list[EventWriter]) -> None:
         batches = [(w, w._take_pending()) for w in writers]
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for writer, (batch, _) in batches:
-                    writer._add_writes(pipe, batch)
-                await pipe.execute()
+            await append_batches(self.redis, [(writer, batch) for writer, (batch, _) in batches])
         except asyncio.CancelledError:
             for writer, (_, waiters) in batches:
                 writer._fail(RuntimeError("event batcher stopped"), waiters)
@@ -177,6 +210,9 @@ class EventWriter:
         self._expiry_set = False
         self._last_message_id: str | None = None
         self.tokens_written = 0
+        # Names this writer's batches in the log (lua.APPEND_EVENTS): an attempt's writer is new.
+        self._writer_id = uuid.uuid4().hex
+        self._batches = 0
 
     def _take_tokens(self) -> None:
         run = self._tokens
@@ -262,19 +298,20 @@ class EventWriter:
             if not self._pending:
                 return
             batch, self._pending = self._pending, []
-            async with self.redis.pipeline(transaction=False) as pipe:
-                self._add_writes(pipe, batch)
-                await pipe.execute()
+            await append_batches(self.redis, [(self, batch)])
             self._last_flush = time.monotonic()
 
-    def _add_writes(self, pipe: Pipeline, batch: list[tuple[bytes, bytes]]) -> None:
-        """Queue `batch`'s XADDs on `pipe` (and the log's safety expiry with its first write)."""
+    def _add_writes(self, pipe: Pipeline, batch: Batch) -> None:
+        """Queue `batch` (not empty) on `pipe` as one call of the append script, with the log's
+        safety expiry on its first write."""
+        self._batches += 1
+        # An orphaned log (its run lost for good) still goes away eventually.
+        ttl = 0 if self._expiry_set else self.safety_ttl_s
+        args: list[bytes | str | int] = [f"{self._writer_id}:{self._batches}", ttl]
         for event, data in batch:
-            pipe.xadd(self.key, {EVENT_FIELD: event, DATA_FIELD: data})
-        if batch and not self._expiry_set:
-            # An orphaned log (its run lost for good) still goes away eventually.
-            pipe.expire(self.key, self.safety_ttl_s)
-            self._expiry_set = True
+            args += [event, data]
+        pipe.evalsha(_APPEND_SHA, 1, self.key, *args)
+        self._expiry_set = True
 
     async def abandon(self) -> None:
         """The attempt ends unfinished (handed back, lease lost): drop what is not written yet,

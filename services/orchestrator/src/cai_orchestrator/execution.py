@@ -21,6 +21,7 @@ from cai_orchestrator.assistants import Assistants
 from cai_orchestrator.cancel import CancelBus
 from cai_orchestrator.config import Settings
 from cai_orchestrator.events import EventWriter, dumps
+from cai_orchestrator.failures import report
 from cai_orchestrator.queue import RunQueue
 from cai_orchestrator.records import RunRecord, RunRef, state_too_large
 from cai_orchestrator.runner import DEFAULT_RECURSION_LIMIT, execute
@@ -159,9 +160,10 @@ class RunExecutor:
             await self.finish_cancelled(run, writer, control.cancel_action)
             return INTERRUPTED
         except Exception as exc:  # the graph failed: the run ends in a clear error event
-            log.warning("run ended in error", extra={"error": repr(exc)})
-            payload = {"error": type(exc).__name__, "message": str(exc)}
-            await self.finish(run, writer, ERROR, "error", payload)
+            # The client gets a kind, a fixed message and an error id; the details (upstream
+            # bodies, addresses) only go to the log line with that id.
+            failure = report(exc, "run ended in error")
+            await self.finish(run, writer, ERROR, "error", failure.payload(), error=failure.summary)
             return ERROR
         if control.cancel_action is not None:
             log.info("the cancel came after the graph had finished; the run succeeded")
@@ -187,11 +189,15 @@ class RunExecutor:
         payload: dict[str, Any] | None,
         event: str | None = None,
         state_bytes: int | None = None,
+        error: str | None = None,
     ) -> None:
         """Write what is pending, then the terminal event with the final status (and the size
-        the thread's state has now, for the state limit); queue the thread's next run."""
+        the thread's state has now, for the state limit); queue the thread's next run. `error`
+        is the run record's error (default: the payload's message)."""
         await writer.finish()
         message = (payload or {}).get("message", "") if status != SUCCESS else ""
+        if error is not None:
+            message = error
         if run.temporary:  # a stateless run's thread goes away with it
             await self.state.delete(run.ref.thread_keys)
             await self.store.drop_thread_keys(run.ref)

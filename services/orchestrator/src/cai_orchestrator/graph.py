@@ -1,7 +1,9 @@
 """The agent: retrieve → (summarise) → agent ⇄ tools, per assistant.
 
 Every model call sees the assistant's system prompt, the passages retrieved for the current turn
-and the thread's history trimmed to the assistant's token budget. Tools run with a timeout; a
+and the thread's history trimmed to the assistant's token budget. That system prompt is the only
+system message the model gets: a client's system messages are left out of the history, and replace
+the persona prompt only where the assistant allows overrides. Tools run with a timeout; a
 failing tool becomes a tool error message the model can react to, not a crash. Tools that require
 approval pause the run with `interrupt()` until a person approves or rejects the call (`toolbox`).
 """
@@ -13,6 +15,8 @@ from typing import Any
 
 from langchain_core.messages import (
     AnyMessage,
+    BaseMessage,
+    ChatMessage,
     HumanMessage,
     RemoveMessage,
     SystemMessage,
@@ -53,6 +57,35 @@ class AgentState(MessagesState):
 def tokens(messages: list[AnyMessage]) -> int:
     """Approximate token count (about four characters a token) of messages."""
     return int(count_tokens_approximately(messages)) if messages else 0
+
+
+def is_instruction(message: BaseMessage) -> bool:
+    """Whether a message would reach the model as a system (or developer) message.
+
+    A generic chat message with such a role counts too: the OpenAI client sends its role as is.
+    """
+    if isinstance(message, SystemMessage):
+        return True
+    return isinstance(message, ChatMessage) and message.role in ("system", "developer")
+
+
+def conversation(messages: list[AnyMessage]) -> list[AnyMessage]:
+    """The turns of a history without the client's system messages.
+
+    The model's only system message is the one the agent builds (`Agent._system_prompt`): a
+    client's system message, wherever it stands in the history and whichever API it came
+    through, is never sent as such. With the assistant's `allow_system_prompt_override`, the
+    latest one replaces the persona prompt instead.
+    """
+    return [m for m in messages if not is_instruction(m)]
+
+
+def client_system_prompt(messages: list[AnyMessage]) -> str | None:
+    """The text of the latest client system message in the history, if any."""
+    for message in reversed(messages):
+        if is_instruction(message):
+            return message.text
+    return None
 
 
 class Agent:
@@ -129,7 +162,9 @@ class Agent:
     async def summarize(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         """Fold older turns into the running summary and drop them from the state."""
         assistant = self.assistant(config)
-        messages = state["messages"]
+        # Client system messages stay in the state (an allowed override must outlive the
+        # summary) and never enter the transcript the summariser reads.
+        messages = conversation(state["messages"])
         keep = trim_messages(
             messages, max_tokens=assistant.token_budget // 2,
             token_counter=count_tokens_approximately, strategy="last", start_on="human",
@@ -163,9 +198,13 @@ class Agent:
     ) -> str:
         configurable = config.get("configurable", {})
         prompt = assistant.system_prompt
-        override = configurable.get("thread_system_prompt")
-        if override and assistant.allow_system_prompt_override:
-            prompt = str(override)
+        if assistant.allow_system_prompt_override:
+            # The request's own system message is the most specific, then the thread's.
+            override = client_system_prompt(state["messages"]) or configurable.get(
+                "thread_system_prompt"
+            )
+            if override:
+                prompt = str(override)
         parts = [prompt]
         if state.get("summary"):
             parts.append(f"Summary of the earlier conversation: {state['summary']}")
@@ -180,7 +219,8 @@ class Agent:
         system = SystemMessage(self._system_prompt(assistant, state, config))
         budget = max(assistant.token_budget - tokens([system]), 64)
         history = trim_messages(
-            state["messages"], max_tokens=budget, token_counter=count_tokens_approximately,
+            conversation(state["messages"]), max_tokens=budget,
+            token_counter=count_tokens_approximately,
             strategy="last", start_on="human", allow_partial=True,
         )  # fmt: skip
         llm: Any = self.models.chat_model(

@@ -12,6 +12,7 @@ inside the script) the thread's run-key prefix from `run_prefix()` in ARGV.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 
@@ -31,7 +32,11 @@ _CHECKPOINT_THREADS = uuid.UUID("0d4f6b1e-2c53-4c5e-8a3c-6f2a9b7e41d0")
 
 
 def thread_tag(tenant: str, thread_id: str) -> str:
-    """The hash tag shared by a thread's keys and its runs' keys."""
+    """The hash tag shared by a thread's keys and its runs' keys.
+
+    Unambiguous because a tenant name never contains ':' (cai_common.tenants, checked on every
+    RPC): tenant `a:b` with thread `c` would otherwise share keys with tenant `a`, thread `b:c`.
+    """
     return "{t:" + tenant + ":" + thread_id + "}"
 
 
@@ -78,8 +83,12 @@ class ThreadKeys:
         return self.prefix + "run:"
 
     def idempotency(self, key: str) -> str:
-        """String: the run created on this thread for an Idempotency-Key."""
-        return self.prefix + "idem:" + key
+        """String: the run created on this thread for an Idempotency-Key.
+
+        The key is the caller's text: it is named by its SHA-256, so no key (whatever its length
+        or characters) reaches past `idem:` into another name.
+        """
+        return self.prefix + "idem:" + hashlib.sha256(key.encode()).hexdigest()
 
     def run(self, run_id: str) -> RunKeys:
         """The keys of one of the thread's runs."""

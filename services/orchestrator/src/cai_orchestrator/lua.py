@@ -138,3 +138,28 @@ RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# A batch of a run's events, written at most once however often it is sent: redis-py resends a
+# pipeline whose reply was lost (a timeout, a dropped connection) and the first send may well have
+# been applied. The batch's last entry carries the batch's marker (field `b`: the writer's id and
+# the batch number); a batch whose marker is already the log's last entry is not written again.
+# One writer has one batch in flight at a time, so its previous batch is the one to compare with.
+# KEYS: 1 event log
+# ARGV: 1 batch marker, 2 the log's safety ttl ('0': leave the expiry), 3.. event, data pairs
+# Returns 1 when written, 0 when the batch was there already.
+APPEND_EVENTS = """
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if top then
+  local fields = top[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'b' and fields[i + 1] == ARGV[1] then return 0 end
+  end
+end
+local last = #ARGV - 1
+for i = 3, last - 2, 2 do
+  redis.call('XADD', KEYS[1], '*', 'e', ARGV[i], 'd', ARGV[i + 1])
+end
+redis.call('XADD', KEYS[1], '*', 'e', ARGV[last], 'd', ARGV[last + 1], 'b', ARGV[1])
+if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+return 1
+"""

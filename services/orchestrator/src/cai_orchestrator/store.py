@@ -341,6 +341,7 @@ class RunStore(ThreadStore):
         if new.multitask_strategy not in STRATEGIES:
             raise StoreError("invalid", f"multitask_strategy must be one of {sorted(STRATEGIES)}")
         if new.temporary and new.idempotency_key:
+            # Unambiguous: a tenant name has no newline (cai_common.tenants).
             name = f"{new.tenant}\n{new.idempotency_key}"
             run_id = str(uuid.uuid5(_IDEMPOTENT_RUN_IDS, name))
         else:

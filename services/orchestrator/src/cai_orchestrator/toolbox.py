@@ -20,11 +20,13 @@ from opentelemetry.trace import SpanKind
 
 from cai_orchestrator import metrics
 from cai_orchestrator.assistants import Assistant, Assistants, ToolSpec
+from cai_orchestrator.failures import report
 from cai_orchestrator.retrieval import RetrieverClient
 from cai_orchestrator.tools import (
     BUILTINS,
     STATUS_MESSAGES,
     ToolLoadError,
+    ToolTimeout,
     load_import_path,
     with_timeout,
 )
@@ -141,5 +143,10 @@ def announced(inner: BaseTool, spec: ToolSpec) -> BaseTool:
 
 
 def _tool_error(exc: Exception) -> str:
-    """What the model reads when a tool fails (the run goes on)."""
-    return f"Error: the tool failed: {type(exc).__name__}: {exc}"
+    """What the model reads when a tool fails (the run goes on). The message stays in the
+    thread's state, which clients read: a timeout is told as such, anything else by an error id
+    whose log line has the details."""
+    if isinstance(exc, ToolTimeout):
+        return f"Error: {exc}"
+    failure = report(exc, "tool failed", kind="tool_error")
+    return f"Error: the tool failed (error id {failure.error_id})"

@@ -11,12 +11,17 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool, tool
 
+from cai_orchestrator.failures import report
 from cai_orchestrator.retrieval import RetrieverClient, RetrieverError
 
 log = logging.getLogger(__name__)
 
 # What a UI shows while a tool runs.
 STATUS_MESSAGES = {"search_knowledge_base": "Searching the knowledge base…"}
+
+
+class ToolTimeout(TimeoutError):
+    """A tool ran past its timeout; the message is ours (safe to show the model and clients)."""
 
 
 class ToolLoadError(ValueError):
@@ -33,7 +38,9 @@ def search_tool(retriever: RetrieverClient, collection: str, k: int, threshold: 
         try:
             passages = await retriever.search(tenant, query, collection, k, threshold)
         except RetrieverError as exc:
-            return f"The knowledge base is unavailable right now ({exc})."
+            # The model and the thread's state see no addresses or upstream text: an error id.
+            failure = report(exc, "knowledge base search failed", kind="retrieval_failed")
+            return f"The knowledge base is unavailable right now (error id {failure.error_id})."
         if not passages:
             return "No relevant passages found."
         return "\n\n".join(f"[{p.source or p.document_id}] {p.text}" for p in passages)
@@ -77,7 +84,7 @@ def with_timeout(inner: BaseTool, timeout_s: float) -> BaseTool:
             async with asyncio.timeout(timeout_s):
                 return await inner.ainvoke(kwargs, config)
         except TimeoutError as exc:
-            raise TimeoutError(f"tool {inner.name} timed out after {timeout_s:g}s") from exc
+            raise ToolTimeout(f"tool {inner.name} timed out after {timeout_s:g}s") from exc
 
     return StructuredTool.from_function(
         coroutine=run,
