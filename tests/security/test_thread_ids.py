@@ -183,15 +183,26 @@ async def orchestrator(sec_stack: Stack) -> AsyncIterator[OrchestratorStub]:
 async def test_the_orchestrator_refuses_a_tenant_name_that_could_reach_another_tenants_keys(
     orchestrator: OrchestratorStub,
 ) -> None:
-    """Tenant `a` holds thread `b:c`; a gRPC caller naming tenant `a:b` and thread `c` once got
-    it (the keys of both are `cai:{t:a:b:c}:…`). Now such a tenant name is INVALID_ARGUMENT."""
+    """Tenant `a` held thread `b:c`; a gRPC caller naming tenant `a:b` and thread `c` once got
+    it (the keys of both are `cai:{t:a:b:c}:…`). Now such a tenant name is INVALID_ARGUMENT, and
+    so is such a thread id."""
     suffix = uuid.uuid4().hex[:8]
     owner = common_pb2.Principal(tenant_id=f"a{suffix}", subject="test")
-    await orchestrator.CreateThread(
-        pb.CreateThreadRequest(
-            principal=owner, thread_id="b:c", metadata_json=orjson.dumps({"secret": 1})
+    # Thread ids follow a rule of their own too: `b:c` (or `x}`) can no longer be made.
+    for bad_id in ("b:c", "x}", "{t:a}", "a b", "a\nb", "-x", "x" * 129):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await orchestrator.CreateThread(
+                pb.CreateThreadRequest(
+                    principal=owner, thread_id=bad_id, metadata_json=orjson.dumps({"secret": 1})
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad_id
+        assert "thread_id" in (refused.value.details() or ""), refused.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await orchestrator.SearchThreads(
+            pb.SearchThreadsRequest(principal=owner, thread_ids=["ok", "b:c"], limit=10)
         )
-    )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     for bad in (f"a{suffix}:b", "x.y", "who@where", "{t}", "-lead", "", "a" * 64):
         intruder = common_pb2.Principal(tenant_id=bad, subject="test")
         with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -101,13 +102,29 @@ def page(limit: int, offset: int) -> tuple[int, int]:
     return limit, offset
 
 
+# Thread and run ids become part of Redis keys and of the thread's hash tag: no braces, colons,
+# spaces or newlines (the gateway sends UUIDs; gRPC callers are not only the gateway).
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ID_RULE = "1-128 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+
+def check_ids(request: Any) -> None:
+    """Refuse a request whose `thread_id` or `run_id` (when set) breaks the id rule."""
+    for name in ("thread_id", "run_id"):
+        value = getattr(request, name, "")
+        if value and not _ID.fullmatch(value):
+            raise InvalidRequest(f"{name}: {ID_RULE}")
+
+
 def id_list(values: Any, name: str) -> list[str]:
-    """Distinct ids, in order; at most MAX_IDS."""
+    """Distinct ids, in order; at most MAX_IDS, each following the id rule."""
     ids = list(dict.fromkeys(values))
     if len(ids) > MAX_IDS:
         raise InvalidRequest(f"{name}: at most {MAX_IDS} ids, got {len(ids)}")
     if not all(ids):
         raise InvalidRequest(f"{name}: ids must not be empty")
+    if not all(_ID.fullmatch(i) for i in ids):
+        raise InvalidRequest(f"{name}: every id: {ID_RULE}")
     return ids
 
 

@@ -9,6 +9,7 @@ traceback), so an operator can find what a user reports.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -52,13 +53,19 @@ def describe(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, openai.APIError):
         return "model_error", "The model's answer could not be read"
     if isinstance(exc, GraphRecursionError):
+        # The limit is the client's own setting (or its assistant's): safe to name.
+        limit = _RECURSION_LIMIT.search(str(exc))
+        of = f" of {limit[1]}" if limit else ""
         return (
             "recursion_limit",
-            "Recursion limit reached: the run took more steps than its assistant allows",
+            f"Recursion limit{of} reached: the run took more steps than it may",
         )
     if isinstance(exc, RedisError):
         return "storage_unavailable", "The run's storage was unavailable"
     return INTERNAL
+
+
+_RECURSION_LIMIT = re.compile(r"Recursion limit of (\d+) reached")
 
 
 def report(exc: BaseException, what: str, kind: str = "", message: str = "", **ids: Any) -> Failure:

@@ -17,6 +17,7 @@ from cai_common.runs import PENDING, RUNNING, WORK_TRAILER, parse_event_id
 from cai_orchestrator.assistants import GRAPH_ID, Assistant, Assistants
 from cai_orchestrator.convert import (
     InvalidRequest,
+    check_ids,
     id_list,
     json_field,
     json_reply,
@@ -73,6 +74,7 @@ def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
         try:
+            check_ids(request)
             return await fn(self, request, context)
         except _DOMAIN_ERRORS as exc:
             await _abort(context, exc)
@@ -232,6 +234,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         """Replay the run's events after `after_event_id`, then follow them to the end."""
         try:
             tenant = tenant_of(request.principal)
+            check_ids(request)
             after = parse_event_id(request.after_event_id)
             stream = await self.runs.open_stream(tenant, request.thread_id, request.run_id, after)
         except (*_DOMAIN_ERRORS, ValueError) as exc:
