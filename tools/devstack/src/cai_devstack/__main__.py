@@ -65,6 +65,8 @@ def up() -> int:
         gateway_replicas=env_int("GATEWAY_REPLICAS", 1),
         redis_url=os.environ.get("REDIS_URL") or None,
         openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
+        # With a keys file (API_KEYS_FILE) only its keys get in, unless ALLOW_ANONYMOUS=true.
+        allow_anonymous=_allow_anonymous(),
         # Local conveniences a cluster keeps off: the API docs at /docs and gRPC reflection.
         service_env={"PUBLIC_DOCS": "true", "GRPC_REFLECTION": "true"},
     )
@@ -105,6 +107,15 @@ Or with the official LangGraph SDK (.venv/bin/python):
 """
     )
     return 0
+
+
+def _allow_anonymous() -> bool:
+    """Anonymous access for `make up`: on, unless API_KEYS_FILE names a keys file (then off);
+    ALLOW_ANONYMOUS=true/false says so explicitly."""
+    explicit = os.environ.get("ALLOW_ANONYMOUS", "").strip().lower()
+    if explicit:
+        return explicit in ("1", "true", "yes", "on")
+    return not os.environ.get("API_KEYS_FILE")
 
 
 def down() -> int:
