@@ -545,7 +545,12 @@ def test_a_bad_keys_file_stops_the_gateway_at_start_up_with_the_reason(
         "gateway-bad-keys",
         template.cmd,
         tmp_path / "gateway.log",
-        env={**template.env, "API_KEYS_FILE": str(keys_file), "GATEWAY_PORT": str(port)},
+        env={
+            **template.env,
+            "API_KEYS_FILE": str(keys_file),
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_METRICS_PORT": str(free_port()),
+        },
     ).start()
     try:
         assert proc.popen is not None

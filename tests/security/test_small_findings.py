@@ -73,7 +73,13 @@ def gateway(stack: Stack, tmp: Path, keys_file: Path, **env: str) -> Iterator[tu
         f"gateway-{port}",
         template.cmd,
         tmp / f"gateway-{port}.log",
-        env={**template.env, "API_KEYS_FILE": str(keys_file), "GATEWAY_PORT": str(port), **env},
+        env={
+            **template.env,
+            "API_KEYS_FILE": str(keys_file),
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_METRICS_PORT": str(free_port()),
+            **env,
+        },
         ready=http_ready(f"http://127.0.0.1:{port}/readyz"),
     ).start()
     try:
@@ -94,6 +100,7 @@ def refused_at_start_up(stack: Stack, tmp: Path, keys_file: Path, **env: str) ->
             **template.env,
             "API_KEYS_FILE": str(keys_file),
             "GATEWAY_PORT": str(free_port()),
+            "GATEWAY_METRICS_PORT": str(free_port()),
             **env,
         },
     ).start()

@@ -237,7 +237,12 @@ def test_a_keys_file_with_an_unsafe_tenant_name_stops_the_gateway_with_the_rule(
         "gateway-bad-tenant",
         template.cmd,
         tmp_path / "gateway.log",
-        env={**template.env, "API_KEYS_FILE": str(keys_file), "GATEWAY_PORT": str(port)},
+        env={
+            **template.env,
+            "API_KEYS_FILE": str(keys_file),
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_METRICS_PORT": str(free_port()),
+        },
     ).start()
     try:
         assert proc.popen is not None
