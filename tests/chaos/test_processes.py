@@ -31,6 +31,7 @@ from tests.chaos.conftest import (
     eventually,
     follow_to_end,
     question,
+    read_events,
 )
 from tests.chaos.test_chaos import start_stream, thread_messages
 
@@ -148,6 +149,26 @@ async def test_kill_9_of_a_process_restarts_it_and_its_run_is_reclaimed(pod: Sta
     eventually(lambda: slot in workers(pod) and workers(pod)[slot].pid != victim.pid, 30)
     eventually(lambda: serving(pod), 60)
     assert pod.procs["orchestrator"].alive()
+
+
+async def test_sigterm_of_a_gateway_of_two_workers_tells_clients_to_reconnect(pod: Stack) -> None:
+    base, run_path, _, events = await start_stream(pod, k=3)
+    gateway = pod.procs["gateway"]
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        streaming = asyncio.Event()
+        reading = asyncio.create_task(
+            read_events(
+                http, "GET", f"{run_path}/stream", headers={"Last-Event-ID": events[-1][0]},
+                on_event=lambda _: streaming.set(),
+            )
+        )  # fmt: skip
+        await asyncio.wait_for(streaming.wait(), timeout=30)
+        gateway.signal(signal.SIGTERM)  # the supervisor passes it to both workers
+        more, _ = await reading
+    # Whichever worker served the stream ended it as a stopping gateway does, not as a cut.
+    assert more and more[-1][1] == "reconnect"
+    assert gateway.popen.wait(timeout=30) == 0  # type: ignore[union-attr]
+    pod.start(pod.gateway_proc(0), timeout=60)
 
 
 async def test_sigterm_drains_every_process(pod: Stack) -> None:
