@@ -48,7 +48,7 @@ async def _watch_health(
     store: RunStore,
     worker: Worker,
     tailer: LogTailer,
-    board: HealthBoard | None,
+    board: HealthBoard | None = None,
 ) -> None:
     """SERVING only while Redis answers, the worker reads the queue and the log tailer reads
     the event logs (without it, no stream of this replica gets events) — and, for one of
