@@ -20,6 +20,19 @@ Environment (each also a flag, see --help):
   BENCH_TREE             run the services from another source tree: a path, or a commit
                          (e.g. HEAD) that is exported with `git archive` to a temporary folder.
                          Default: this working tree. Useful while others edit the tree.
+  BENCH_ORCHESTRATOR_PROCESSES  ORCHESTRATOR_PROCESSES of the stack, default 1
+  BENCH_GATEWAY_WORKERS  GATEWAY_WORKERS of the stack, default 1
+  procs-c{N}-d{MS}       (opt-in: BENCH_SCENARIOS=procs) Cai at each orchestrator process
+                         count in turn, back to back:
+  BENCH_PROCS_COUNTS     default 1,2
+  BENCH_PROCS_REPEAT     rounds over the counts, default 2
+  BENCH_PROCS_GATEWAY    gateway workers in those phases: a number, or "same" (as the
+                         orchestrator's count); default 1
+  BENCH_PROCS_LOADS      streams x delay pairs, default 100x20
+  BENCH_PEERS            comma list of peers run beside Cai in peers-c{N}-d{MS} scenarios
+                         (langgraph, aegra; see cai_bench/peers.py), default none
+  BENCH_PEER_LOADS       streams x delay pairs, default 10x20,100x20,100x0
+  BENCH_PEERS_DIR        where the peers' virtual environments live, default bench/.peers
 """
 
 from __future__ import annotations
@@ -79,6 +92,12 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _loads(text: str) -> list[tuple[int, float]]:
+    """ "100x20,10x0" → [(100, 20.0), (10, 0.0)] (streams x delay in ms)."""
+    pairs = [x.strip().split("x") for x in text.split(",") if x.strip()]
+    return [(int(c), float(d)) for c, d in pairs]
+
+
 def options(argv: list[str]) -> Any:
     """Options from flags, then BENCH_* variables, then defaults (quick ones with BENCH_QUICK)."""
     env = os.environ.get
@@ -101,6 +120,17 @@ def options(argv: list[str]) -> Any:
     p.add_argument("--budget-s", type=float, default=env("BENCH_BUDGET_S"))
     p.add_argument("--max-concurrent-runs", type=int, default=env("BENCH_MAX_CONCURRENT_RUNS"))
     p.add_argument("--out", default=env("BENCH_OUT", ""))
+    p.add_argument(
+        "--orchestrator-processes", type=int, default=env("BENCH_ORCHESTRATOR_PROCESSES")
+    )
+    p.add_argument("--gateway-workers", type=int, default=env("BENCH_GATEWAY_WORKERS"))
+    p.add_argument("--procs-counts", default=env("BENCH_PROCS_COUNTS", "1,2"))
+    p.add_argument("--procs-repeat", type=int, default=env("BENCH_PROCS_REPEAT", "2"))
+    p.add_argument("--procs-gateway", default=env("BENCH_PROCS_GATEWAY", "1"))
+    p.add_argument("--procs-loads", default=env("BENCH_PROCS_LOADS", "100x20"))
+    p.add_argument("--peers", default=env("BENCH_PEERS", ""))
+    p.add_argument("--peer-loads", default=env("BENCH_PEER_LOADS", "10x20,100x20,100x0"))
+    p.add_argument("--peers-dir", default=env("BENCH_PEERS_DIR", ""))
     a = p.parse_args(argv)
     q = a.quick
     from cai_bench.options import Options  # (imports nothing from the services)
@@ -126,6 +156,15 @@ def options(argv: list[str]) -> Any:
         phase_cap_s=30.0 if q else 120.0,
         phase_target_s=3.0 if q else 10.0,
         max_concurrent_runs=int(a.max_concurrent_runs) if a.max_concurrent_runs else None,
+        orchestrator_processes=int(a.orchestrator_processes or 1),
+        gateway_workers=int(a.gateway_workers or 1),
+        procs_counts=_ints(a.procs_counts),
+        procs_repeat=int(a.procs_repeat),
+        procs_gateway=a.procs_gateway.strip(),
+        procs_loads=_loads(a.procs_loads),
+        peers=[p.strip() for p in a.peers.split(",") if p.strip()],
+        peer_loads=_loads(a.peer_loads),
+        peers_dir=Path(a.peers_dir) if a.peers_dir else None,
     )
     return o
 

@@ -74,7 +74,13 @@ class Bench:
         self.records: list[dict[str, Any]] = []
         self.mon = ProcMonitor({"loadgen": os.getpid()})
         self.stack = StackControl(
-            self.mon, self.say, opts.ttft_ms, opts.reply_tokens, opts.max_concurrent_runs
+            self.mon,
+            self.say,
+            opts.ttft_ms,
+            opts.reply_tokens,
+            opts.max_concurrent_runs,
+            opts.orchestrator_processes,
+            opts.gateway_workers,
         )
         self.stalled = False  # a phase was cut because no stream received anything
         self.left_behind = False  # a Cai phase ended with errors or unfinished streams
@@ -107,9 +113,10 @@ class Bench:
         runs: int,
         timeout_s: float,
         around: Callable[[], Awaitable[None]] | None = None,
+        peer_url: str = "",
     ) -> Phase:
         """`runs` streams, `concurrency` at a time (closed loop), bounded by `timeout_s`."""
-        return await run_phase(self, kind, concurrency, runs, timeout_s, around)
+        return await run_phase(self, kind, concurrency, runs, timeout_s, around, peer_url)
 
     def phase_summary(self, p: Phase, expected_tokens: int | None) -> dict[str, Any]:
         """Latency, throughput, errors, CPU and memory of one phase."""

@@ -59,7 +59,7 @@ def make_client(timeout_s: float = 30.0) -> httpx.AsyncClient:
 class StreamResult:
     """One stream as the client saw it. Times are time.perf_counter() seconds."""
 
-    kind: str  # "cai" or "floor"
+    kind: str  # "cai", "floor" or "peer"
     thread_id: str = ""
     t_start: float = 0.0
     t_first: float = 0.0  # first non-empty token
@@ -93,7 +93,7 @@ class StreamResult:
     def finish(self) -> None:
         """Parse what was kept raw (after the measured window): text, tokens, id order."""
         parts: list[str] = []
-        if self.kind == "cai":
+        if self.kind in ("cai", "peer"):
             # After a `retry` event a client drops the partial message (DESIGN.md, runs 5).
             for data in self.payloads[self.retry_cut :]:
                 chunk = orjson.loads(data)[0]
@@ -102,7 +102,7 @@ class StreamResult:
                     if not self.message_id and chunk.get("id"):
                         self.message_id = chunk["id"]
             last = (-1, -1)
-            for raw in self.ids:
+            for raw in self.ids if self.kind == "cai" else ():
                 ms, _, seq = raw.partition(b"-")
                 key = (int(ms), int(seq or 0))
                 if key <= last:
@@ -199,6 +199,52 @@ async def cai_stream(
                         res.retry_cut = len(res.payloads)
             if not res.terminal:
                 res.error = "stream closed without a terminal event"
+    except (httpx.HTTPError, OSError) as exc:
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        res.t_end = time.perf_counter()
+    return res
+
+
+async def peer_stream(
+    client: httpx.AsyncClient, base_url: str, prompt: str, assistant_id: str
+) -> StreamResult:
+    """The same run against a peer's LangGraph API (cai_bench.peers): POST
+    /threads/{new id}/runs/stream; the stream ends when the server closes it (LangGraph's servers
+    send no `end` event) or with an `error` event. Event ids, when sent, are the peer's own."""
+    res = StreamResult("peer", thread_id=str(uuid.uuid4()))
+    url = f"{base_url}/threads/{res.thread_id}/runs/stream"
+    buf = bytearray()
+    res.t_start = time.perf_counter()
+    try:
+        async with client.stream("POST", url, json=run_body(prompt, assistant_id)) as resp:
+            res.status = resp.status_code
+            if resp.status_code != 200:
+                res.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
+                return res
+            async for chunk in resp.aiter_raw():
+                PROGRESS[0] = time.perf_counter()
+                for block in _blocks(buf, chunk):
+                    event = data = b""
+                    for line in block.split(b"\n"):
+                        if line.startswith(b"event: "):
+                            event = line[7:]
+                        elif line.startswith(b"data: "):
+                            data = line[6:]
+                    if not event:
+                        continue  # a heartbeat comment
+                    res.events += 1
+                    if event == b"messages":
+                        if not res.t_first and not data.startswith(_EMPTY_CAI_CONTENT):
+                            res.t_first = time.perf_counter()
+                        res.payloads.append(data)
+                    elif event == b"error":
+                        res.terminal = "error"
+                        res.error = f"error: {data[:200].decode(errors='replace')}"
+                    elif event == _METADATA:
+                        res.started = True
+            if not res.terminal:
+                res.terminal = END  # closed by the server after the last event
     except (httpx.HTTPError, OSError) as exc:
         res.error = f"{type(exc).__name__}: {exc}"
     finally:

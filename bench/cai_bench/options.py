@@ -31,6 +31,21 @@ class Options:
     max_concurrent_runs: int | None = None  # None: the orchestrator's default
     source_tree: str = ""  # BENCH_TREE: where the services' code came from (empty: here)
     stall_s: float = 30.0  # a phase in which no stream receives anything for this long is cut
+    # Processes of the orchestrator and workers of the gateway for every scenario (BENCH_*).
+    orchestrator_processes: int = 1
+    gateway_workers: int = 1
+    # procs-c{N}-d{D}: Cai phases at each orchestrator process count, alternated `procs_repeat`
+    # times, back to back (the gateway's workers follow `procs_gateway`: "1" or "same").
+    procs_counts: list[int] = field(default_factory=lambda: [1, 2])
+    procs_repeat: int = 2
+    procs_gateway: str = "1"
+    procs_loads: list[tuple[int, float]] = field(default_factory=lambda: [(100, 20.0)])
+    # peers-c{N}-d{D} (opt-in): the same load against other servers (cai_bench.peers).
+    peers: list[str] = field(default_factory=list)
+    peer_loads: list[tuple[int, float]] = field(
+        default_factory=lambda: [(10, 20.0), (100, 20.0), (100, 0.0)]
+    )
+    peers_dir: Path | None = None  # where the peers' environments live (default bench/.peers)
 
 
 def selected(scenarios: list[str], name: str, default: bool = True) -> bool:

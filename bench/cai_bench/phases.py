@@ -13,7 +13,8 @@ import httpx
 import psutil
 
 from cai_bench import loadgen
-from cai_bench.loadgen import StreamResult, cai_stream, floor_stream, make_client
+from cai_bench.loadgen import StreamResult, cai_stream, floor_stream, make_client, peer_stream
+from cai_bench.peers import ASSISTANT as PEER_ASSISTANT
 from cai_bench.procmon import delta
 from cai_bench.stack import PROMPT
 from cai_bench.stats import summary_ms
@@ -53,12 +54,15 @@ async def run_phase(
     runs: int,
     timeout_s: float,
     around: Callable[[], Awaitable[None]] | None = None,
+    peer_url: str = "",
 ) -> Phase:
     """`runs` streams, `concurrency` at a time (closed loop), bounded by `timeout_s`.
 
     `around` runs after the measured window, before the clients close (e.g. stop a profiler).
+    Kind "peer" streams from `peer_url` (cai_bench.peers).
     """
-    url = bench.stack.gateway_url() if kind == "cai" else bench.stack.s.llm_sim_url
+    urls = {"cai": bench.stack.gateway_url(), "floor": bench.stack.s.llm_sim_url, "peer": peer_url}
+    url = urls[kind]
     results: list[StreamResult] = []
     clients = [make_client() for _ in range(concurrency)]
     started = 0
@@ -75,6 +79,8 @@ async def run_phase(
                 results.append(
                     await cai_stream(client, url, PROMPT, assistant_id=bench.assistant_id)
                 )
+            elif kind == "peer":
+                results.append(await peer_stream(client, url, PROMPT, PEER_ASSISTANT))
             else:
                 results.append(await floor_stream(client, url, PROMPT))
 
@@ -168,7 +174,7 @@ def summarize(p: Phase, expected_tokens: int | None, cai_names: list[str]) -> di
         out["wrong_length"] = sum(1 for r in ok if r.tokens != expected_tokens)
     if tokens:
         out["cpu_us_per_token"] = {k: round(v / tokens * 1e6, 1) for k, v in p.cpu_s.items()}
-    if p.kind == "cai":
+    if p.kind in ("cai", "peer"):  # (for a peer, `cai_names` are the peer's processes)
         cai = sum(v for k, v in p.cpu_s.items() if k in cai_names)
         out["cai_cpu_s"] = round(cai, 3)
         if tokens:

@@ -10,7 +10,11 @@ import psutil
 
 
 class ProcMonitor:
-    """CPU seconds (user + system) between two snapshots and peak RSS sampled in between."""
+    """CPU seconds (user + system) between two snapshots and peak RSS sampled in between.
+
+    A process added with `tree=True` (a supervisor and its workers, a server with helpers)
+    counts with its descendants: the live ones, and the CPU of those that ended (reaped).
+    """
 
     def __init__(self, pids: dict[str, int], interval_s: float = 0.2) -> None:
         self.procs: dict[str, psutil.Process] = {}
@@ -19,13 +23,26 @@ class ProcMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._trees: set[str] = set()
         for name, pid in pids.items():
             self.add(name, pid)
 
-    def add(self, name: str, pid: int) -> None:
-        """Watch one more process."""
+    def add(self, name: str, pid: int, tree: bool = False) -> None:
+        """Watch one more process (with its descendants when `tree`)."""
         with self._lock:
             self.procs[name] = psutil.Process(pid)
+            if tree:
+                self._trees.add(name)
+            else:
+                self._trees.discard(name)
+
+    def _family(self, name: str, proc: psutil.Process) -> list[psutil.Process]:
+        if name not in self._trees:
+            return [proc]
+        try:
+            return [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            return [proc]
 
     def remove(self, name: str) -> None:
         """Stop watching a process."""
@@ -43,6 +60,13 @@ class ProcMonitor:
                 out[name] = t.user + t.system
             except psutil.Error:
                 out[name] = 0.0
+                continue
+            if name in self._trees:
+                out[name] += t.children_user + t.children_system
+                for child in self._family(name, proc)[1:]:
+                    with contextlib.suppress(psutil.Error):
+                        c = child.cpu_times()
+                        out[name] += c.user + c.system
         return out
 
     def rss(self) -> dict[str, int]:
@@ -51,8 +75,9 @@ class ProcMonitor:
         with self._lock:
             items = list(self.procs.items())
         for name, proc in items:
-            with contextlib.suppress(psutil.Error):
-                out[name] = proc.memory_info().rss
+            for member in self._family(name, proc):
+                with contextlib.suppress(psutil.Error):
+                    out[name] = out.get(name, 0) + member.memory_info().rss
         return out
 
     def _sample(self) -> None:

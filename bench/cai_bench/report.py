@@ -81,6 +81,95 @@ def fixed_and_marginal(records: list[dict[str, Any]]) -> dict[str, float] | None
     }
 
 
+def _lost(integrity: dict[str, Any]) -> str:
+    return (
+        f"{integrity['tokens_lost']} / {integrity['tokens_repeated']} "
+        f"({integrity['text_mismatch']} of {integrity['streams_checked']})"
+    )
+
+
+def procs_markdown(records: list[dict[str, Any]]) -> list[str]:
+    """The "Processes" table: Cai's phases at each orchestrator process count, in run order."""
+    out: list[str] = []
+    for r in records:
+        f = r["floor"]
+        out.append(
+            f"**Processes** ({r['concurrency']} streams, {_f(r['token_delay_ms'], 0)} ms between "
+            f"tokens, {r['reply_tokens']}-token replies; floor {_f(f['tokens_per_s'])} tok/s; "
+            "Cai phases back to back, in this order)"
+        )
+        out.append("")
+        out.append(
+            "| round | orchestrator processes | gateway workers | Cai tok/s | Cai ÷ floor "
+            "| TTFT p50 / p95 ms | Cai CPU-µs/token | errors | lost / repeated | other load |"
+        )
+        out.append("|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+        for x in r["rounds"]:
+            c = x["cai"]
+            out.append(
+                f"| {x['round'] + 1} | {x['orchestrator_processes']} | {x['gateway_workers']} "
+                f"| {_f(c['tokens_per_s'])} | {_ratio(_div(c['tokens_per_s'], f['tokens_per_s']))} "
+                f"| {_f(c['ttft_ms']['p50'])} / {_f(c['ttft_ms']['p95'])} "
+                f"| {_f(c.get('cai_cpu_us_per_token'), 0)} | {c['errors']} "
+                f"| {_lost(x['integrity'])} | {_f(c['others_cpu_s'])} s |"
+            )
+        out.append("")
+        means = ", ".join(f"{n}: {_f(v)}" for n, v in r["tokens_per_s_mean"].items())
+        paired = "; ".join(
+            f"{n} ÷ first: {', '.join(_ratio(v) for v in vs)}"
+            for n, vs in r["paired_ratio_vs_first"].items()
+        )
+        out.append(f"Mean tok/s by process count: {means}. Paired ratios by round: {paired}.")
+        out.append("")
+    return out
+
+
+def peers_markdown(records: list[dict[str, Any]]) -> list[str]:
+    """The "Peers" table: the floor, Cai and each peer under the same load."""
+    if not records:
+        return []
+    out = [
+        "**Peers** (same load, same llm-sim, measured back to back in each scenario; CPU of "
+        "the server's processes, Cai: gateway + orchestrator + Redis, Aegra: + PostgreSQL)",
+        "",
+        "| streams | delay | server | tok/s | ÷ floor | TTFT p50 / p95 ms | Δ TTFT p50 ms "
+        "| CPU-µs/token | errors | lost / repeated |",
+        "|---:|---:|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        f = r["floor"]
+        rows = [("floor (llm-sim)", f, None, None), ("**Cai**", r["cai"], r["cai_integrity"], None)]
+        for p in r["peers"]:
+            if "result" in p:
+                rows.append((p["peer"], p["result"], p["integrity"], None))
+            else:
+                rows.append((p["peer"], None, None, p["skipped"]))
+        for label, s, integrity, skipped in rows:
+            head = f"| {r['concurrency']} | {_f(r['token_delay_ms'], 0)} ms | {label} "
+            if s is None:
+                out.append(head + f"| skipped: {skipped} | | | | | | |")
+                continue
+            cpu = s.get("cai_cpu_us_per_token") if integrity is not None else None
+            vs_floor = _ratio(_div(s["tokens_per_s"], f["tokens_per_s"]))
+            out.append(
+                head + f"| {_f(s['tokens_per_s'])} | {vs_floor} "
+                f"| {_f(s['ttft_ms']['p50'])} / {_f(s['ttft_ms']['p95'])} "
+                f"| {_f(_sub(s['ttft_ms']['p50'], f['ttft_ms']['p50']))} "
+                f"| {_f(cpu, 0)} | {s['errors']} "
+                f"| {_lost(integrity) if integrity else '–'} |"
+            )
+    out.append("")
+    return out
+
+
+def _div(a: Any, b: Any) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _sub(a: Any, b: Any) -> float | None:
+    return None if a is None or b is None else a - b
+
+
 def markdown(records: list[dict[str, Any]]) -> str:
     """The summary tables of docs/performance.md."""
     out: list[str] = []
@@ -206,6 +295,8 @@ def markdown(records: list[dict[str, Any]]) -> str:
                 f"| {r['statuses']} | {r['errors']} |"
             )
         out.append("")
+    out += procs_markdown([r for r in records if r.get("scenario") == "procs" and "rounds" in r])
+    out += peers_markdown([r for r in records if r.get("scenario") == "peers" and "peers" in r])
     for r in records:
         if "skipped" in r or "failed" in r:
             out.append(f"- `{r.get('name')}`: {r.get('skipped') or 'failed: ' + r.get('failed')}")

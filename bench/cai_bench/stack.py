@@ -59,8 +59,12 @@ class StackControl:
         ttft_ms: float,
         reply_tokens: int,
         max_concurrent_runs: int | None,
+        orchestrator_processes: int = 1,
+        gateway_workers: int = 1,
     ) -> None:
         self.mon = mon
+        self.orchestrator_processes = orchestrator_processes
+        self.gateway_workers = gateway_workers
         self.say = say
         self.ttft_ms = ttft_ms
         self.reply_tokens = reply_tokens
@@ -94,7 +98,8 @@ class StackControl:
         """Make the process monitor follow exactly the stack's processes (and the loadgen)."""
         for name, proc in self.s.procs.items():
             if name not in self.mon.procs or self.mon.procs[name].pid != proc.pid:
-                self.mon.add(name, proc.pid)
+                # A gateway or orchestrator may be a supervisor of several processes.
+                self.mon.add(name, proc.pid, tree=name.startswith(("gateway", "orchestrator")))
         for name in list(self.mon.procs):
             if name != "loadgen" and name not in self.s.procs:
                 self.mon.remove(name)
@@ -111,6 +116,8 @@ class StackControl:
             config = StackConfig.ephemeral(
                 run_dir,
                 with_retriever=False,
+                orchestrator_processes=self.orchestrator_processes,
+                gateway_workers=self.gateway_workers,
                 llm_sim_args=llm_cli(*self.llm_args),
                 service_env={
                     **SERVICE_ENV,
@@ -196,6 +203,22 @@ class StackControl:
         await asyncio.to_thread(stack.start, stack.gateway_proc(0), 60)
         self.watch()
         await self.warm_up(3)
+
+    async def set_processes(self, orchestrator_processes: int, gateway_workers: int) -> None:
+        """Restart the orchestrator and the gateway with these process counts if they differ."""
+        stack = self.s
+        wanted = (orchestrator_processes, gateway_workers)
+        if (stack.config.orchestrator_processes, stack.config.gateway_workers) == wanted:
+            return
+        self.say(f"orchestrator × {orchestrator_processes} processes, gateway × {gateway_workers}")
+        stack.procs.pop("gateway").stop()
+        stack.procs.pop("orchestrator").stop()
+        stack.config.orchestrator_processes, stack.config.gateway_workers = wanted
+        self.orchestrator_processes, self.gateway_workers = wanted
+        await asyncio.to_thread(stack.start, stack.orchestrator_proc(0), 60)
+        await asyncio.to_thread(stack.start, stack.gateway_proc(0), 60)
+        self.watch()
+        await self.warm_up(5)
 
     async def start_retriever(self, timeout_s: float) -> None:
         """Start the retriever (raises RuntimeError or TimeoutError when it does not come up)."""

@@ -12,7 +12,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cai_bench.options import Options, runs_for, selected
-from cai_bench.scenarios import idle, long, profile, queue, retrieval, stream
+from cai_bench.scenarios import idle, long, peers, procs, profile, queue, retrieval, stream
 
 if TYPE_CHECKING:
     from cai_bench.harness import Bench
@@ -72,4 +72,20 @@ def plan(o: Options) -> list[Step]:
             Step(name, partial(retrieval.run, name=name, concurrency=10, delay_ms=20.0, runs=runs),
                  90.0)
         )  # fmt: skip
+    for c, d in o.procs_loads:
+        name = f"procs-c{c}-d{d:g}"
+        if picked(name, default=False):  # opt-in: it restarts the services 2 × repeat times
+            runs = runs_for(c, d, o.runs_scale)
+            steps.append(
+                Step(name, partial(procs.run, name=name, concurrency=c, delay_ms=d, runs=runs),
+                     30.0 * (1 + len(o.procs_counts) * o.procs_repeat))
+            )  # fmt: skip
+    for c, d in o.peer_loads:
+        name = f"peers-c{c}-d{d:g}"
+        if o.peers and picked(name, default=True):  # with BENCH_PEERS set
+            runs = runs_for(c, d, o.runs_scale)
+            steps.append(
+                Step(name, partial(peers.run, name=name, concurrency=c, delay_ms=d, runs=runs),
+                     30.0 * (2 + len(o.peers)))
+            )  # fmt: skip
     return steps

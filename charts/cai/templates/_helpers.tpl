@@ -374,3 +374,22 @@ client certificate, which the kubelet cannot present. */}}
         path: ca.crt
 {{- end }}
 {{- end }}
+
+{{/*
+Processes a pod runs (GATEWAY_WORKERS, ORCHESTRATOR_PROCESSES): `count` when above 0, else the
+CPU limit of `resources`, else its CPU request, rounded up; at least 1. One Python process uses
+one core at most. Call with (dict "count" $v.processes "resources" $v.resources).
+*/}}
+{{- define "cai.processCount" -}}
+{{- $n := int (.count | default 0) }}
+{{- if le $n 0 }}
+{{- $res := .resources | default dict }}
+{{- $cpu := (($res.limits | default dict).cpu) | default (($res.requests | default dict).cpu) | default "" | toString }}
+{{- if hasSuffix "m" $cpu }}
+{{- $n = int (ceil (divf (trimSuffix "m" $cpu | float64) 1000)) }}
+{{- else if $cpu }}
+{{- $n = int (ceil ($cpu | float64)) }}
+{{- end }}
+{{- end }}
+{{- max $n 1 }}
+{{- end }}

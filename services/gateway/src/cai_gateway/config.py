@@ -18,6 +18,9 @@ class Settings(ServiceSettings):
     # Serve /docs, /redoc and /openapi.json on the public port (off: they map the API for anyone).
     public_docs: bool = False
     orchestrator_addr: str = "127.0.0.1:50051"
+    # Worker processes on the port (a supervisor binds it and restarts a worker that dies;
+    # cai_common.supervisor). 0: the CPU limit (cgroup quota, else the CPUs the process may use).
+    gateway_workers: int = Field(default=0, ge=0)
     # Seconds between SSE heartbeat comments on open streams (and whitespace on /wait bodies).
     sse_ping_seconds: float = 15.0
     # Deadline for unary calls to the orchestrator.

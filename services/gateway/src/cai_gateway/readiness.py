@@ -21,8 +21,10 @@ from prometheus_client import Gauge
 
 DEPENDENCY_UP = Gauge(
     "cai_gateway_dependency_up",
-    "Whether a dependency passed the gateway's last check (1) or not (0).",
+    "Whether a dependency passed the gateway's last check (1) or not (0; with several worker "
+    "processes, 0 when any worker's last check failed).",
     ["dependency"],
+    multiprocess_mode="livemin",
 )
 
 SERVING = "serving"

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 STREAMS_IN_FLIGHT = Gauge(
     "cai_sse_streams_in_flight", "Open event streams and waits on this gateway, by API dialect.",
-    ["dialect"],
+    ["dialect"], multiprocess_mode="livesum",
 )  # fmt: skip
 STREAM_RESUMES = Counter(
     "cai_sse_stream_resumes_total", "Event streams opened with Last-Event-ID (clients resuming)"

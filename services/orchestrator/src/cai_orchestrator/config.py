@@ -44,9 +44,14 @@ class Settings(GrpcServerSettings):
     retriever_addr: str = "127.0.0.1:50052"
     assistants_file: str = ""
 
-    # Identity of this replica in run records and as the queue consumer name.
+    # Identity of this replica in run records and as the queue consumer name. Each process of a
+    # pod is a replica of its own (the default names the pod and the pid).
     replica_id: str = Field(default_factory=_default_replica_id)
-    # Runs executed at once by this replica; the rest wait in the queue.
+    # Processes per pod, each a replica consuming the queue (a supervisor starts them and
+    # restarts one that dies; cai_common.supervisor). 0: the CPU limit (cgroup quota, else the
+    # CPUs the process may use). One process uses one core at most.
+    orchestrator_processes: int = Field(default=0, ge=0)
+    # Runs executed at once by the pod (shared out over its processes); the rest wait in the queue.
     max_concurrent_runs: int = 100
     # How long a worker's lease lives without a heartbeat; a dead worker's runs are reclaimed after.
     lease_seconds: float = 10.0

@@ -1,4 +1,8 @@
-"""Prometheus metrics of the orchestrator (bounded labels: never run or thread ids)."""
+"""Prometheus metrics of the orchestrator (bounded labels: never run or thread ids).
+
+Gauges say how the pod's processes combine (`multiprocess_mode`, used when a supervisor runs
+several: cai_common.supervisor); a single process ignores it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from cai_common.metrics import TIME_TO_FIRST_TOKEN
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 RUN_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
-RUNS_IN_FLIGHT = Gauge("cai_runs_in_flight", "Runs executing on this replica now")
+RUNS_IN_FLIGHT = Gauge(
+    "cai_runs_in_flight", "Runs executing on this pod now", multiprocess_mode="livesum"
+)
 RUN_DURATION = Histogram(
     "cai_run_duration_seconds", "Run execution time by final status", ["status"],
     buckets=RUN_BUCKETS,
@@ -18,8 +24,15 @@ QUEUE_WAIT = Histogram(
     "cai_queue_wait_seconds", "Time from run creation to the start of its execution",
     buckets=LATENCY_BUCKETS,
 )  # fmt: skip
-QUEUE_LAG = Gauge("cai_queue_lag", "Run queue entries not yet delivered to any replica")
-QUEUE_PENDING = Gauge("cai_queue_pending", "Run queue entries delivered but not yet acknowledged")
+# Every process samples the same queue: the pod reports the highest live sample.
+QUEUE_LAG = Gauge(
+    "cai_queue_lag", "Run queue entries not yet delivered to any replica",
+    multiprocess_mode="livemax",
+)  # fmt: skip
+QUEUE_PENDING = Gauge(
+    "cai_queue_pending", "Run queue entries delivered but not yet acknowledged",
+    multiprocess_mode="livemax",
+)  # fmt: skip
 TTFT = TIME_TO_FIRST_TOKEN
 INTER_TOKEN = Histogram(
     "cai_inter_token_seconds",

@@ -13,6 +13,7 @@ from cai_common.grpc_server import GrpcService
 from cai_common.metrics import start_metrics_server
 from cai_common.redis_client import resilient_redis
 from cai_common.settings import redact_url
+from cai_common.supervisor import HealthBoard
 from cai_orchestrator import metrics
 from cai_orchestrator.assistants import Assistants
 from cai_orchestrator.checkpoint import open_checkpointer
@@ -43,16 +44,25 @@ async def _sample_queue(queue: RunQueue, interval_s: float = 5.0) -> None:
 
 
 async def _watch_health(
-    service: GrpcService, store: RunStore, worker: Worker, tailer: LogTailer
+    service: GrpcService,
+    store: RunStore,
+    worker: Worker,
+    tailer: LogTailer,
+    board: HealthBoard | None = None,
 ) -> None:
     """SERVING only while Redis answers, the worker reads the queue and the log tailer reads
-    the event logs (without it, no stream of this replica gets events)."""
+    the event logs (without it, no stream of this replica gets events) — and, for one of
+    several processes of a pod (`board`), while every other process of the pod says so too:
+    a probe reaches one process, and must speak for the pod."""
     serving: bool | None = None
     while True:
         try:
             ok = await store.ping() and worker.ready.is_set() and tailer.healthy.is_set()
         except (RedisError, OSError):
             ok = False
+        if board is not None:
+            board.set(ok)
+            ok = ok and board.all_serving()
         if ok != serving:
             await service.set_serving(ok)
             log.info("health changed", extra={"serving": ok})
@@ -96,13 +106,16 @@ async def serve(settings: Settings) -> None:
         await engine.start()
         await service.start()
         service.install_signal_handlers()
+        board = HealthBoard.for_worker()
         health = asyncio.create_task(
-            _watch_health(service, engine.store, engine.worker, engine.tailer)
+            _watch_health(service, engine.store, engine.worker, engine.tailer, board)
         )
         sampler = asyncio.create_task(_sample_queue(engine.queue))
 
         async def drain() -> None:
             health.cancel()
+            if board is not None:
+                board.set(False)
             sampler.cancel()
             await engine.worker.shutdown(settings.shutdown_grace_seconds)
 

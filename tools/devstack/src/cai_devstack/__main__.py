@@ -63,6 +63,8 @@ def up() -> int:
         gateway_metrics_port=env_int("GATEWAY_METRICS_PORT", 9466),
         orchestrator_replicas=env_int("ORCHESTRATOR_REPLICAS", 1),
         gateway_replicas=env_int("GATEWAY_REPLICAS", 1),
+        orchestrator_processes=env_int("ORCHESTRATOR_PROCESSES", 1),
+        gateway_workers=env_int("GATEWAY_WORKERS", 1),
         redis_url=os.environ.get("REDIS_URL") or None,
         openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
         # With a keys file (API_KEYS_FILE) only its keys get in, unless ALLOW_ANONYMOUS=true.

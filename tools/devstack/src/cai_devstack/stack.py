@@ -37,6 +37,11 @@ class StackConfig:
     gateway_port: int = 8080
     orchestrator_replicas: int = 1
     gateway_replicas: int = 1
+    # Processes per orchestrator replica and workers per gateway (`ORCHESTRATOR_PROCESSES`,
+    # `GATEWAY_WORKERS`; 0: the services' own default, one per core). Set, not left to that
+    # default, so a local stack is the same on any machine.
+    orchestrator_processes: int = 1
+    gateway_workers: int = 1
     # External services: when set, nothing is started for them.
     redis_url: str | None = None
     openai_base_url: str | None = None
@@ -214,6 +219,7 @@ class Stack:
                 GRPC_HOST="127.0.0.1",
                 METRICS_PORT=self.config.orchestrator_metrics_port if index == 0 else free_port(),
                 REPLICA_ID=f"{name}:{port}",
+                ORCHESTRATOR_PROCESSES=self.config.orchestrator_processes,
                 **self._tls_env("orchestrator", name, serves=True),
             ),
             ready=grpc_ready(self._grpc_ready_addr(name, port)),
@@ -240,6 +246,7 @@ class Stack:
                 GATEWAY_HOST="127.0.0.1",
                 GATEWAY_METRICS_PORT=metrics_port,
                 ORCHESTRATOR_ADDR=target,
+                GATEWAY_WORKERS=self.config.gateway_workers,
                 ALLOW_ANONYMOUS="true" if self.config.allow_anonymous else "false",
                 **self._tls_env("gateway", name, serves=False),
             ),
