@@ -13,12 +13,14 @@ queues and every cost is the run's own.
    - `checkpointer`: the checkpointer's connections (any that sends JSON.* or FT.*, or touches a
      checkpoint key) — reported apart;
    - `token events`: XADDs of `messages` events to a run's event log (they scale with tokens);
+   - `graph events`: XADDs of the other events the graph streams (`status`, `values`, ...);
    - `log reads`: the log tailer's XREADs (they scale with the events written);
    - `background`: loops that run on a clock, not per run (reclaim's XPENDING, the sweeps of
-     dispatch intents and reattach deadlines, the queue read's block timeouts) — measured over an
-     idle window of the same length and subtracted;
+     dispatch intents and reattach deadlines) — measured over an idle window of the same length
+     and subtracted;
    - `bookkeeping`: everything else the orchestrator and the gateway send: the run's records,
-     queue, lease, cancel flag, non-token events, stream slots.
+     queue, lease, cancel flag, lifecycle events (`metadata`, `retry`, the terminal one), the
+     stream's record read and subscription, stream slots.
    Top-level commands are counted as sent (an EVALSHA is one); commands a Lua script runs are
    counted separately ("in scripts").
 2. *CPU and TTFT*: `--runs` streams without MONITOR; CPU seconds (user + system) of the gateway,
@@ -47,6 +49,7 @@ import redis
 
 _ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"')
 _LINE = re.compile(rb"^[\d.]+ \[\d+ ([^\]]*)\] (.*)$", re.S)
+_LIFECYCLE_EVENTS = {b"metadata", b"retry", b"end", b"error", b"cancelled", b"timeout"}
 _BACKGROUND = {
     ("XPENDING", "cai:runs:queue"),
     ("ZRANGEBYSCORE", "cai:runs:dispatching"),
@@ -156,6 +159,12 @@ def tally(commands: list[Command], ports: dict[str, str]) -> Tally:
             kind = "checkpointer"
         elif c.name == "XADD" and c.key.endswith(":events") and b"messages" in c.args[3:5]:
             kind = "token events"
+        elif (
+            c.name == "XADD"
+            and c.key.endswith(":events")
+            and not _LIFECYCLE_EVENTS & set(c.args[3:5])
+        ):
+            kind = "graph events"
         elif c.name == "XREAD":
             kind = "log reads"
         elif (c.name, c.key) in _BACKGROUND:
@@ -235,13 +244,24 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(busy_s)
         idle = tally(mon_idle.stop(), client_ports(pids))
 
-        # 2. CPU and TTFT, without MONITOR.
+        # 2. CPU and TTFT, without MONITOR (with py-spy on the services if asked).
+        recordings = []
+        if args.profile:
+            from cai_bench.profiling import start_recording
+
+            for name in ("gateway", "orchestrator"):
+                rec = start_recording(name, pids[name], Path(args.profile))
+                if rec is not None:
+                    recordings.append(rec)
+            time.sleep(1.0)  # py-spy attaches
         before = cpu_seconds(pids)
         t0 = time.monotonic()
         cai, _ = asyncio.run(_streams(args.runs, base, llm, floor=False))
         wall = time.monotonic() - t0
         time.sleep(0.5)  # post-stream work (finish, ack) of the last run
         after = cpu_seconds(pids)
+        for rec in recordings:
+            rec.stop()
         _, flo = asyncio.run(_streams(args.runs // 4, base, llm, floor=True))
     finally:
         control.down()
@@ -262,7 +282,8 @@ def report(
     n = args.monitor_runs
     per_run: dict[str, Any] = {}
     for owner in ("orchestrator", "gateway"):
-        for kind in ("bookkeeping", "token events", "log reads", "checkpointer", "background"):
+        kinds = ("bookkeeping", "token events", "graph events", "log reads", "checkpointer")
+        for kind in (*kinds, "background"):
             top = busy.total("top", owner, kind) - (
                 idle.total("top", owner, kind) if kind == "background" else 0
             )
@@ -305,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--out", default="")
     p.add_argument("--dump", default="", help="write every monitored command to this file")
+    p.add_argument("--profile", default="", help="py-spy the services' CPU phase into this folder")
     args = p.parse_args(argv)
     tree = os.environ.get("BENCH_TREE", "").strip()
     if tree:
