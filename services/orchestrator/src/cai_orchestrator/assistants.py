@@ -19,7 +19,6 @@ DEFAULT_SYSTEM_PROMPT = (
 # sync: every step's checkpoint is written before the next step starts; async: written while the
 # next step runs (LangGraph's default); exit: written once, when the run ends, pauses or fails.
 Durability = Literal["sync", "async", "exit"]
-# The mode of a run whose assistant is gone.
 DEFAULT_DURABILITY: Durability = "async"
 
 
@@ -80,24 +79,18 @@ class Assistant(BaseModel):
     allow_system_prompt_override: bool = False
     # Extra HTTP headers on every call to the model endpoint (e.g. for a routing proxy).
     model_headers: dict[str, str] = Field(default_factory=dict)
-    # When the thread's state is checkpointed during a run (sync | async | exit). Default: exit
-    # for an assistant without tools (a run is one model call, and a crash re-runs it either
-    # way), async with tools (a run resumed after a crash does not call the tools it completed
-    # again). docs/reliability.md says what each mode means when a worker dies.
-    durability: Durability | None = None
+    # When the thread's state is checkpointed during a run: async (LangGraph's default) writes
+    # each step's checkpoint while the next step runs; sync before it runs; exit once, when the
+    # run ends (about a fifth of the checkpointer's Redis commands, but the thread's history
+    # then has one state per run, not one per step, and a run whose worker dies starts over).
+    # docs/reliability.md ("Checkpoint durability") says what each mode means after a crash.
+    durability: Durability = DEFAULT_DURABILITY
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def loaded_at(self) -> str:
         """When the assistants file was read (LangGraph's created/updated times)."""
         return _LOADED_AT
-
-    @property
-    def checkpoint_durability(self) -> Durability:
-        """The durability its runs use: the configured one, or the default for its tools."""
-        if self.durability is not None:
-            return self.durability
-        return "async" if self.tools else "exit"
 
     @property
     def summary_threshold(self) -> int:
@@ -116,7 +109,7 @@ class Assistant(BaseModel):
             "retrieval": self.retrieval.model_dump(),
             "token_budget": self.token_budget,
             "recursion_limit": self.recursion_limit,
-            "durability": self.checkpoint_durability,
+            "durability": self.durability,
         }
 
 

@@ -63,7 +63,7 @@ class RunExecutor:
         return {
             "recursion_limit": assistant.recursion_limit if assistant else DEFAULT_RECURSION_LIMIT,
             "thread_system_prompt": prompt,
-            "durability": assistant.checkpoint_durability if assistant else DEFAULT_DURABILITY,
+            "durability": assistant.durability if assistant else DEFAULT_DURABILITY,
         }
 
     async def start_attempt(
