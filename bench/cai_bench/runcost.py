@@ -185,15 +185,17 @@ def describe(commands: list[Command], ports: dict[str, str]) -> list[str]:
     return lines
 
 
-async def _streams(n: int, base: str, llm: str, floor: bool) -> tuple[list[float], list[float]]:
+async def _streams(
+    n: int, base: str, llm: str, floor: bool, assistant: str
+) -> tuple[list[float], list[float]]:
     from cai_bench.loadgen import cai_stream, floor_stream, make_client
-    from cai_bench.stack import PLAIN, PROMPT
+    from cai_bench.stack import PROMPT
 
     cai: list[float] = []
     flo: list[float] = []
     async with make_client() as client:
         for _ in range(n):
-            r = await cai_stream(client, base, PROMPT, assistant_id=PLAIN)
+            r = await cai_stream(client, base, PROMPT, assistant_id=assistant)
             if not r.ok or r.ttft is None:
                 raise RuntimeError(f"stream failed: {r.error or r.terminal}")
             cai.append(r.ttft)
@@ -220,19 +222,26 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     mon = ProcMonitor({})
     control = StackControl(mon, lambda s: print(s, file=sys.stderr), 0.0, 100, None)
+    assistant = "bench-plain"
+    if args.durability:  # the plain assistant with another checkpoint durability
+        assistant = f"bench-plain-{args.durability}"
+        control.assistants_yaml += (
+            f"  - id: {assistant}\n    retrieval:\n      enabled: false\n"
+            f"    durability: {args.durability}\n"
+        )
     control.start()
     try:
         stack = control.s
         pids = {n: p.pid for n, p in stack.procs.items() if n in ("gateway", "orchestrator")}
         pids["redis"] = stack.procs["redis"].pid
         base, llm = control.gateway_url(), stack.llm_sim_url
-        asyncio.run(_streams(args.warmup, base, llm, floor=True))
+        asyncio.run(_streams(args.warmup, base, llm, True, assistant))
 
         # 1. Commands: the runs, then an idle window as long, for the clock-driven loops.
         mon_cmds = Monitor(stack.redis_url)
         mon_cmds.start()
         t0 = time.monotonic()
-        asyncio.run(_streams(args.monitor_runs, base, llm, floor=False))
+        asyncio.run(_streams(args.monitor_runs, base, llm, False, assistant))
         busy_s = time.monotonic() - t0
         ports = client_ports(pids)
         commands = mon_cmds.stop()
@@ -256,13 +265,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(1.0)  # py-spy attaches
         before = cpu_seconds(pids)
         t0 = time.monotonic()
-        cai, _ = asyncio.run(_streams(args.runs, base, llm, floor=False))
+        cai, _ = asyncio.run(_streams(args.runs, base, llm, False, assistant))
         wall = time.monotonic() - t0
         time.sleep(0.5)  # post-stream work (finish, ack) of the last run
         after = cpu_seconds(pids)
         for rec in recordings:
             rec.stop()
-        _, flo = asyncio.run(_streams(args.runs // 4, base, llm, floor=True))
+        _, flo = asyncio.run(_streams(args.runs // 4, base, llm, True, assistant))
     finally:
         control.down()
     return report(args, busy, idle, before, after, cai, flo, wall)
@@ -301,6 +310,7 @@ def report(
     cpu = {k: (after[k] - before[k]) * 1000 / args.runs for k in after}
     out = {
         "tree": os.environ.get("BENCH_TREE", "") or "working tree",
+        "durability": args.durability or "default",
         "runs": args.runs,
         "monitor_runs": n,
         "bookkeeping_per_run": bookkeeping_top / n,
@@ -327,6 +337,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="")
     p.add_argument("--dump", default="", help="write every monitored command to this file")
     p.add_argument("--profile", default="", help="py-spy the services' CPU phase into this folder")
+    p.add_argument(
+        "--durability", choices=("sync", "async", "exit"), help="the assistant's durability"
+    )
     args = p.parse_args(argv)
     tree = os.environ.get("BENCH_TREE", "").strip()
     if tree:
