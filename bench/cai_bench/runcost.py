@@ -26,6 +26,9 @@ queues and every cost is the run's own.
 2. *CPU and TTFT*: `--runs` streams without MONITOR; CPU seconds (user + system) of the gateway,
    the orchestrator and Redis before and after, per run; TTFT (request → first non-empty token)
    p50 against the same number of streams sent straight to llm-sim (the floor), interleaved.
+3. With `--retrieval`, the retrieve step apart: the retriever is started and docs/ ingested,
+   then the retrieving assistant (`bench-rag`) and the plain one run back to back; the
+   difference in CPU per run (retriever included) is the step's cost.
 """
 
 from __future__ import annotations
@@ -215,6 +218,52 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
+def cpu_phase(pids: dict[str, int], n: int, base: str, llm: str, assistant: str) -> dict[str, Any]:
+    """CPU per run of each process over `n` streams, and TTFT p50 against the floor (a floor
+    stream after each Cai stream, so both see the same machine)."""
+    before = cpu_seconds(pids)
+    t0 = time.monotonic()
+    cai, flo = asyncio.run(_streams(n, base, llm, True, assistant))
+    wall = time.monotonic() - t0
+    time.sleep(0.5)  # post-stream work (finish, ack) of the last run
+    after = cpu_seconds(pids)
+    cpu = {k: (after[k] - before[k]) * 1000 / n for k in after}
+    ttft, floor = statistics.median(cai) * 1000, statistics.median(flo) * 1000
+    return {
+        "cpu_ms_per_run": {**cpu, "total": sum(cpu.values())},
+        "runs_per_s": n / wall,
+        "ttft_ms_p50": ttft,
+        "floor_ttft_ms_p50": floor,
+        "ttft_overhead_ms_p50": ttft - floor,
+    }
+
+
+def retrieval_phase(
+    control: Any, pids: dict[str, int], n: int, base: str, llm: str
+) -> dict[str, Any]:
+    """The retrieve step's cost: the retriever up with docs/ ingested, then the retrieving
+    assistant and the plain one back to back (CPU per run of every process, TTFT)."""
+    import subprocess
+
+    from cai_bench.stack import RAG
+
+    asyncio.run(control.start_retriever(180.0))
+    stack = control.s
+    cmd = [
+        sys.executable, "-m", "cai_retriever.cli", "ingest", "docs", "--quiet",
+        "--addr", f"127.0.0.1:{stack.config.retriever_port}",
+    ]  # fmt: skip
+    subprocess.run(cmd, capture_output=True, timeout=300, check=True)
+    pids = {**pids, "retriever": stack.procs["retriever"].pid}
+    asyncio.run(_streams(5, base, llm, False, RAG))
+    rag = cpu_phase(pids, n, base, llm, RAG)
+    plain = cpu_phase(pids, n, base, llm, "bench-plain")
+    delta = {
+        k: rag["cpu_ms_per_run"][k] - plain["cpu_ms_per_run"][k] for k in rag["cpu_ms_per_run"]
+    }
+    return {"rag": rag, "plain": plain, "retrieve_step_cpu_ms_per_run": delta}
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Start the stack, measure, stop it; the results."""
     from cai_bench.procmon import ProcMonitor
@@ -263,31 +312,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 if rec is not None:
                     recordings.append(rec)
             time.sleep(1.0)  # py-spy attaches
-        before = cpu_seconds(pids)
-        t0 = time.monotonic()
-        cai, _ = asyncio.run(_streams(args.runs, base, llm, False, assistant))
-        wall = time.monotonic() - t0
-        time.sleep(0.5)  # post-stream work (finish, ack) of the last run
-        after = cpu_seconds(pids)
+        cpu = cpu_phase(pids, args.runs, base, llm, assistant)
         for rec in recordings:
             rec.stop()
-        _, flo = asyncio.run(_streams(args.runs // 4, base, llm, True, assistant))
+        retrieval = None
+        if args.retrieval:
+            retrieval = retrieval_phase(control, pids, args.runs // 2, base, llm)
     finally:
         control.down()
-    return report(args, busy, idle, before, after, cai, flo, wall)
+    out = report(args, busy, idle)
+    out.update(cpu)
+    if retrieval is not None:
+        out["retrieval"] = retrieval
+    return out
 
 
-def report(
-    args: argparse.Namespace,
-    busy: Tally,
-    idle: Tally,
-    before: dict[str, float],
-    after: dict[str, float],
-    cai: list[float],
-    flo: list[float],
-    wall: float,
-) -> dict[str, Any]:
-    """Per-run figures from the tallies and the CPU snapshots."""
+def report(args: argparse.Namespace, busy: Tally, idle: Tally) -> dict[str, Any]:
+    """Commands per run from the tallies."""
     n = args.monitor_runs
     per_run: dict[str, Any] = {}
     for owner in ("orchestrator", "gateway"):
@@ -307,8 +348,7 @@ def report(
     bookkeeping_inner = sum(
         busy.total("inner", o, "bookkeeping") for o in ("orchestrator", "gateway")
     )
-    cpu = {k: (after[k] - before[k]) * 1000 / args.runs for k in after}
-    out = {
+    return {
         "tree": os.environ.get("BENCH_TREE", "") or "working tree",
         "durability": args.durability or "default",
         "runs": args.runs,
@@ -319,14 +359,7 @@ def report(
         "checkpointer_in_scripts_per_run": busy.total("inner", "orchestrator", "checkpointer") / n,
         "by_kind": per_run,
         "bookkeeping_by_command": dict(sorted(names.items(), key=lambda kv: -kv[1])),
-        "cpu_ms_per_run": {**cpu, "total": sum(cpu.values())},
-        "runs_per_s": args.runs / wall,
-        "ttft_ms_p50": statistics.median(cai) * 1000,
-        "floor_ttft_ms_p50": statistics.median(flo) * 1000 if flo else None,
     }
-    if flo:
-        out["ttft_overhead_ms_p50"] = out["ttft_ms_p50"] - out["floor_ttft_ms_p50"]
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -339,6 +372,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", default="", help="py-spy the services' CPU phase into this folder")
     p.add_argument(
         "--durability", choices=("sync", "async", "exit"), help="the assistant's durability"
+    )
+    p.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="also measure the retrieve step (starts the "
+        "retriever and ingests docs/: minutes on 2 cores)",
     )
     args = p.parse_args(argv)
     tree = os.environ.get("BENCH_TREE", "").strip()
