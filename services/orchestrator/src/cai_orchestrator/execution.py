@@ -74,7 +74,8 @@ class RunExecutor:
         started, refuse it if the thread grew too large while it waited, else execute it.
 
         `head` is the thread's head checkpoint read just before the claim. Returns True once the
-        run's terminal event is written (False never: an attempt that does not end raises).
+        run's terminal event is written; an attempt that does not end (handed back, its lease
+        lost) raises instead.
         """
         run = claim.run
         assert run is not None
