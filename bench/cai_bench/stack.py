@@ -71,6 +71,7 @@ class StackControl:
         self.max_concurrent_runs = max_concurrent_runs
         self.stack: Stack | None = None
         self.llm_args: tuple[float, float, int] | None = None
+        self.assistants_yaml = BENCH_ASSISTANTS  # the orchestrator's assistants file
 
     @property
     def s(self) -> Stack:
@@ -111,7 +112,7 @@ class StackControl:
         for attempt in range(1, 4):
             run_dir = Path(tempfile.mkdtemp(prefix="cai-bench-"))
             assistants = run_dir / "bench-assistants.yaml"
-            assistants.write_text(BENCH_ASSISTANTS)
+            assistants.write_text(self.assistants_yaml)
             limit = self.max_concurrent_runs
             config = StackConfig.ephemeral(
                 run_dir,

@@ -33,6 +33,16 @@ ASSISTANTS = """
 - id: cut
   model_headers: {X-Sim-Cut-After: "3"}
 """
+# Two steps (a retrieval that fails at once: no retriever runs, then a 4 s answer) under each
+# checkpoint durability, for what a run killed mid-answer resumes from.
+ASSISTANTS += "".join(
+    f"""- id: durable-{mode}
+  durability: {mode}
+  retrieval: {{enabled: true}}
+  model_headers: {{X-Sim-Token-Delay-Ms: "100"}}
+"""
+    for mode in ("sync", "async", "exit")
+)
 Event = tuple[str, str, str]
 
 

@@ -118,6 +118,55 @@ async def test_kill_9_of_the_executing_replica_is_reclaimed_and_finished(chaos: 
     restart(chaos, victim)
 
 
+async def checkpoints(base: str, tid: str) -> int:
+    """How many checkpoints the thread's history holds."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        response = await http.post(f"/threads/{tid}/history", json={"limit": 100})
+    assert response.status_code == 200, response.text
+    return len(response.json())
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "exit"])
+async def test_kill_9_mid_answer_resumes_from_what_the_durability_mode_saved(
+    chaos: Stack, durability: str
+) -> None:
+    """sync and async saved the retrieval step before the model was called: the reclaimed run
+    goes on from there (no second retrieval). exit saved nothing before the run's end: the run
+    starts over from the thread as it was (it retrieves again), and the thread gets exactly one
+    checkpoint for it. Either way the client sees one `retry`, then the whole answer once."""
+    gateways = [chaos.gateway_url(0), chaos.gateway_url(1)]
+    base = gateways[0]
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        tid = (await http.post("/threads", json={})).json()["thread_id"]
+        body = {**STREAM, "assistant_id": f"durable-{durability}", "input": question()}
+        events, headers = await read_events(
+            http, "POST", f"/threads/{tid}/runs/stream", json=body, until="messages"
+        )
+        run_path = headers["content-location"]
+        run = (await http.get(run_path)).json()
+    assert events[-1][1] == "messages", events  # the model is answering
+    victim = executor_proc(chaos, run)
+    chaos.procs[victim].signal(signal.SIGKILL)
+
+    events = await follow_to_end(gateways, run_path, events)
+    names = [e[1] for e in events]
+    assert names.count(RETRY) == 1 and names[-1] == END, names
+    resumed = events[names.index(RETRY) :]
+    retrieved_again = any(
+        name == "status" and orjson.loads(data).get("status") == "retrieving"
+        for _, name, data in resumed
+    )
+    assert retrieved_again == (durability == "exit"), resumed[:6]
+    messages = await thread_messages(base, tid)
+    assert [m["type"] for m in messages] == ["human", "ai"]  # the input applied once
+    assert answer_after_last_retry(events) == messages[-1]["content"]
+    if durability == "exit":
+        assert await checkpoints(base, tid) == 1
+    else:  # the first attempt's steps, then the answer
+        assert await checkpoints(base, tid) > 2
+    restart(chaos, victim)
+
+
 async def test_sigterm_hands_the_run_back_at_once(chaos: Stack) -> None:
     gateways = [chaos.gateway_url(0), chaos.gateway_url(1)]
     base, run_path, tid, events = await start_stream(chaos)

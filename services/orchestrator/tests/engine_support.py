@@ -83,6 +83,7 @@ class Cluster:
     gate: Gate
     saver: InMemorySaver
     replicas: list[Replica] = field(default_factory=list)
+    assistants: Assistants = field(default_factory=lambda: Assistants([Assistant(id="chat")]))
     tenant: str = field(default_factory=lambda: f"tenant-{uuid.uuid4().hex[:8]}")
 
     def replica(self, name: str, **settings: Any) -> Replica:
@@ -99,8 +100,7 @@ class Cluster:
         clients = [Redis.from_url(self.redis_url) for _ in range(2)]
         clients.append(Redis.from_url(self.redis_url, socket_timeout=None))
         graph = gated_graph(self.gate, self.saver)
-        assistants = Assistants([Assistant(id="chat")])
-        engine = Engine.build(s, clients[0], clients[1], clients[2], graph, assistants)
+        engine = Engine.build(s, clients[0], clients[1], clients[2], graph, self.assistants)
         r = Replica(engine, clients)
         self.replicas.append(r)
         return r

@@ -97,31 +97,32 @@ async def test_a_lease_has_one_holder_and_only_it_renews_or_releases(redis: Redi
     r = ref()
     mine, theirs = Leases(redis, "me", 5), Leases(redis, "them", 5)
     assert await mine.acquire(r) and not await theirs.acquire(r)
-    assert await mine.renew(r) and not await theirs.renew(r)
+    assert (await mine.renew(r))[0] and not (await theirs.renew(r))[0]
     await theirs.release(r)  # not theirs to release
     assert await mine.held(r)
     await mine.release(r)
     assert not await mine.held(r) and await theirs.acquire(r)
 
 
-async def test_a_kept_lease_reports_its_loss(redis: Redis) -> None:
+async def test_a_kept_lease_reports_the_cancel_asked_and_its_loss(redis: Redis) -> None:
     r = ref()
     leases = Leases(redis, "me", 0.3)
     assert await leases.acquire(r)
+    await redis.set(r.keys.cancel, "rollback")  # each renewal reads the flag with the lease
     lost = asyncio.Event()
-    renewals = 0
+    seen: list[str] = []
+    takeover: list[asyncio.Task[object]] = []
 
-    async def renewed() -> None:
-        nonlocal renewals
-        renewals += 1
-        if renewals == 2:
-            await redis.set(r.keys.lease, "someone-else")  # taken over while we slept
+    def cancelled(action: str) -> None:
+        seen.append(action)
+        if len(seen) == 2:  # taken over while we sleep
+            takeover.append(asyncio.create_task(redis.set(r.keys.lease, "someone-else")))
 
-    keeper = asyncio.create_task(leases.keep(r, lost.set, renewed))
+    keeper = asyncio.create_task(leases.keep(r, lost.set, cancelled))
     async with asyncio.timeout(10):
         await lost.wait()
         await keeper
-    assert renewals == 2 and await redis.get(r.keys.lease) == b"someone-else"
+    assert seen == ["rollback", "rollback"] and await redis.get(r.keys.lease) == b"someone-else"
 
 
 async def test_a_cancel_request_goes_to_the_local_run_first(redis: Redis) -> None:

@@ -264,3 +264,40 @@ def test_each_tenant_checkpoints_its_thread_x_apart() -> None:
     assert mine.checkpoint_thread == keys.ThreadKeys("t1", "x").checkpoint_thread  # stable
     odd = keys.ThreadKeys("a:b}", "c:d")  # no separator of a saver's key syntax gets through
     assert str(uuid.UUID(odd.checkpoint_thread)) == odd.checkpoint_thread
+
+
+async def test_a_thread_pinned_to_an_assistant_refuses_runs_of_another(store: RunStore) -> None:
+    thread = await store.create_thread("t1", "", {"assistant_id": "chat"}, "raise")
+    other = new_run(thread.thread_id)
+    other.assistant_id = "other"
+    with pytest.raises(StoreError) as err:
+        await store.create_run(other)
+    assert err.value.code == "conflict" and "pinned to assistant 'chat'" in err.value.message
+    assert (await store.create_run(new_run(thread.thread_id))).dispatched  # its own: fine
+    assert [r.assistant_id for r in (await store.list_runs("t1", thread.thread_id, 10, 0))[0]] == [
+        "chat"
+    ]
+
+
+async def test_a_run_whose_input_would_pass_the_state_limit_is_not_recorded(
+    store: RunStore,
+) -> None:
+    thread = await store.create_thread("t1", "", {}, "raise")
+    await store.set_state_bytes("t1", thread.thread_id, 900)
+    with pytest.raises(StoreError) as err:
+        await store.create_run(new_run(thread.thread_id), write_bytes=200, max_state_bytes=1000)
+    assert err.value.code == "too_large" and "1100 bytes" in err.value.message
+    assert (await store.list_runs("t1", thread.thread_id, 10, 0))[0] == []
+    created = await store.create_run(
+        new_run(thread.thread_id), write_bytes=100, max_state_bytes=1000
+    )
+    assert created.dispatched and created.run.write_bytes == 100
+
+
+async def test_runs_are_created_and_finished_after_redis_lost_its_scripts(store: RunStore) -> None:
+    thread = await store.create_thread("t1", "", {}, "raise")
+    await store.redis.script_flush()  # a restarted Redis: scripts go by hash, then are loaded
+    run = (await store.create_run(new_run(thread.thread_id))).run
+    await store.redis.script_flush()
+    assert await finish(store, run) == "idle"
+    assert await store.run_status(run.ref) == "success"

@@ -150,6 +150,32 @@ async def test_the_next_run_of_a_thread_is_queued_when_the_active_one_ends(
     assert await status_is(cluster, a, first, "success")
 
 
+async def test_a_job_for_a_run_still_waiting_behind_its_threads_run_is_dropped(
+    cluster: Cluster,
+) -> None:
+    # A stray job (appended twice, or taken before its creator's clean-up) for a run parked
+    # behind its thread's active run must not start it: two runs of a thread never overlap.
+    a = cluster.replica("a")
+    await a.start()
+    thread = await a.engine.store.create_thread(cluster.tenant, "", {}, "raise")
+    first = await a.engine.runs.create(cluster.new_run(thread.thread_id))
+    second = await a.engine.runs.create(cluster.new_run(thread.thread_id))
+    await eventually(lambda: _entered(cluster, 1))
+    await a.engine.queue.append(second.ref, b"{}")
+    await eventually(lambda: _only_pending(a, 1))
+    assert await status_is(cluster, a, second, "pending") and cluster.gate.entered == 1
+    assert await cluster.events(a, second) == []  # not even a `metadata` event
+    cluster.gate.opened.set()
+    await eventually(lambda: status_is(cluster, a, second, "success"))
+    assert await status_is(cluster, a, first, "success") and cluster.gate.entered == 2
+
+
+async def _only_pending(replica: Replica, n: int) -> bool:
+    """The queue holds nothing but `n` jobs being executed (the stray one was dropped)."""
+    stats = await replica.engine.queue.stats()
+    return stats == {"lag": 0, "pending": n}
+
+
 async def test_a_job_for_a_finished_run_queues_its_threads_waiting_successor(
     cluster: Cluster,
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -13,6 +13,13 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are Cai, a helpful assistant. Answer from the context you are given and say so when "
     "you do not know."
 )
+
+
+# LangGraph's checkpoint durability modes (docs/reliability.md, "Checkpoint durability"):
+# sync: every step's checkpoint is written before the next step starts; async: written while the
+# next step runs (LangGraph's default); exit: written once, when the run ends, pauses or fails.
+Durability = Literal["sync", "async", "exit"]
+DEFAULT_DURABILITY: Durability = "async"
 
 
 class RetrievalSettings(BaseModel):
@@ -73,6 +80,12 @@ class Assistant(BaseModel):
     allow_system_prompt_override: bool = False
     # Extra HTTP headers on every call to the model endpoint (e.g. for a routing proxy).
     model_headers: dict[str, str] = Field(default_factory=dict)
+    # When the thread's state is checkpointed during a run: async (LangGraph's default) writes
+    # each step's checkpoint while the next step runs; sync before it runs; exit once, when the
+    # run ends (about a fifth of the checkpointer's Redis commands, but the thread's history
+    # then has one state per run, not one per step, and a run whose worker dies starts over).
+    # docs/reliability.md ("Checkpoint durability") says what each mode means after a crash.
+    durability: Durability = DEFAULT_DURABILITY
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -97,6 +110,7 @@ class Assistant(BaseModel):
             "retrieval": self.retrieval.model_dump(),
             "token_budget": self.token_budget,
             "recursion_limit": self.recursion_limit,
+            "durability": self.durability,
         }
 
 

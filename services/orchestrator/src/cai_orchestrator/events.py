@@ -193,6 +193,8 @@ class EventWriter:
         coalesce_s: float,
         safety_ttl_s: int,
         batcher: EventBatcher | None = None,
+        *,
+        expiry_set: bool = False,
     ) -> None:
         self.redis = redis
         self.batcher = batcher
@@ -207,7 +209,7 @@ class EventWriter:
         self._lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
         self._last_flush = 0.0
-        self._expiry_set = False
+        self._expiry_set = expiry_set  # the log's safety expiry is set (by whoever wrote first)
         self._last_message_id: str | None = None
         self.tokens_written = 0
         # Names this writer's batches in the log (lua.APPEND_EVENTS): an attempt's writer is new.
@@ -363,9 +365,17 @@ class EventLogs:
         self.log_ttl_s = log_ttl_s
         self.batcher = batcher
 
-    def writer(self, log_key: str) -> EventWriter:
-        """A writer for an executing run's log (batched, coalescing)."""
-        return EventWriter(self.redis, log_key, self.coalesce_s, self.safety_ttl_s, self.batcher)
+    def writer(self, log_key: str, *, expiry_set: bool = False) -> EventWriter:
+        """A writer for an executing run's log (batched, coalescing); `expiry_set`: the log's
+        safety expiry was set already (its attempt's claim wrote the first events)."""
+        return EventWriter(
+            self.redis,
+            log_key,
+            self.coalesce_s,
+            self.safety_ttl_s,
+            self.batcher,
+            expiry_set=expiry_set,
+        )
 
     async def close_unstarted(self, log_key: str, event: str, data: bytes) -> None:
         """Write the terminal event of a run that never started (cancelled while parked)."""

@@ -10,14 +10,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from langgraph.graph.state import CompiledStateGraph
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from cai_common.runs import CANCELLED, END, ERROR, INTERRUPTED, METADATA, RETRY, SUCCESS, TIMEOUT
+from cai_common.runs import CANCELLED, END, ERROR, INTERRUPTED, SUCCESS, TIMEOUT
 from cai_common.telemetry import extract_context
 from cai_orchestrator import keys, metrics
-from cai_orchestrator.assistants import Assistants
+from cai_orchestrator.assistants import DEFAULT_DURABILITY, Assistants
 from cai_orchestrator.cancel import CancelBus
 from cai_orchestrator.config import Settings
 from cai_orchestrator.events import EventWriter, dumps
@@ -25,8 +26,8 @@ from cai_orchestrator.failures import report
 from cai_orchestrator.queue import RunQueue
 from cai_orchestrator.records import RunRecord, RunRef, state_too_large
 from cai_orchestrator.runner import DEFAULT_RECURSION_LIMIT, execute
-from cai_orchestrator.state import ThreadState, run_write_size
-from cai_orchestrator.store import RunStore
+from cai_orchestrator.state import ThreadState, json_size
+from cai_orchestrator.store import Claim, RunStore
 
 log = logging.getLogger(__name__)
 TRACER = trace.get_tracer("cai.orchestrator")
@@ -52,62 +53,64 @@ class RunExecutor:
     assistants: Assistants
     bus: CancelBus
 
-    async def run_settings(self, run: RunRecord) -> dict[str, Any]:
-        """What a run needs beyond its record: limits and the thread's prompt override."""
+    def run_settings(self, run: RunRecord, thread_metadata: bytes) -> dict[str, Any]:
+        """What a run needs beyond its record: limits, durability and the thread's prompt
+        override (from `thread_metadata`, the thread's metadata as the claim read it)."""
         assistant = self.assistants.get(run.assistant_id)
-        thread = None
-        if run.thread_id and not run.temporary:
-            thread = await self.store.get_thread(run.tenant, run.thread_id)
+        prompt = None
+        # Only an assistant that allows it reads the override: the metadata is parsed for those.
+        if assistant and assistant.allow_system_prompt_override and not run.temporary:
+            prompt = orjson.loads(thread_metadata or b"{}").get("system_prompt")
         return {
             "recursion_limit": assistant.recursion_limit if assistant else DEFAULT_RECURSION_LIMIT,
-            "thread_system_prompt": thread.metadata.get("system_prompt") if thread else None,
+            "thread_system_prompt": prompt,
+            "durability": assistant.durability if assistant else DEFAULT_DURABILITY,
         }
 
-    async def start_attempt(self, run: RunRecord, writer: EventWriter, control: RunControl) -> None:
-        """Begin an attempt: record it, say so (retry, metadata), give up past the attempt limit,
-        honour a cancel asked before it started, then execute."""
+    async def start_attempt(
+        self, claim: Claim, writer: EventWriter, control: RunControl, head: str
+    ) -> bool:
+        """Go on with an attempt the worker claimed (`RunStore.claim_run` recorded it and wrote
+        `retry`/`metadata`): give up past the attempt limit, honour a cancel asked before it
+        started, refuse it if the thread grew too large while it waited, else execute it.
+
+        `head` is the thread's head checkpoint read just before the claim. Returns True once the
+        run's terminal event is written; an attempt that does not end (handed back, its lease
+        lost) raises instead.
+        """
+        run = claim.run
+        assert run is not None
         s = self.settings
-        attempt = run.attempt + 1
-        base = None
-        if run.base_checkpoint is None and run.thread_id:
-            base = run.base_checkpoint = await self.state.head_checkpoint(run.ref.thread_keys)
-        await self.store.mark_running(run.ref, s.replica_id, attempt, base)
-        if attempt > 1:
+        if run.attempt > 0:
             metrics.RETRIES.inc()
-            await writer.emit(RETRY, dumps({"attempt": attempt, "run_id": run.run_id}))
         else:
             created = datetime.fromisoformat(run.created_at).timestamp()
             metrics.QUEUE_WAIT.observe(max(0.0, time.time() - created))
-        if attempt > s.max_attempts:
+        if claim.outcome == "exhausted":
             message = f"Run failed {s.max_attempts} times (its worker was lost)"
             payload = {"error": "MaxAttemptsExceeded", "message": message}
             await self.finish(run, writer, "error", "error", payload)
-            return
-        action = await self.bus.requested(run.ref)
-        if action:
-            await self.finish_cancelled(run, writer, action)
-            return
-        if attempt == 1 and await self.refused_as_too_large(run, writer):
-            return
-        await writer.emit(METADATA, dumps({"run_id": run.run_id, "attempt": attempt}))
-        await self.execute(run, writer, control)
-
-    async def refused_as_too_large(self, run: RunRecord, writer: EventWriter) -> bool:
-        """End a run whose input would grow its thread's state past the limit (the thread grew
-        while the run waited); True if it did."""
-        limit = self.settings.max_thread_state_bytes
-        if not limit or not run.thread_id or run.temporary:
-            return False
-        thread = await self.store.get_thread(run.tenant, run.thread_id)
-        current = thread.state_bytes if thread else 0
-        too_large = state_too_large(run.thread_id, current, run_write_size(run.kwargs), limit)
-        if too_large is None:
-            return False
-        payload = {"error": "ThreadStateTooLarge", "message": too_large.message}
-        await self.finish(run, writer, ERROR, "error", payload, state_bytes=current)
+        elif claim.outcome == "cancel":
+            await self.finish_cancelled(run, writer, claim.detail)
+        elif claim.outcome == "too_large":
+            current = int(claim.detail or 0)
+            limit = s.max_thread_state_bytes
+            too_large = state_too_large(run.thread_id, current, run.write_bytes or 0, limit)
+            message = too_large.message if too_large else "The thread's state is too large"
+            payload = {"error": "ThreadStateTooLarge", "message": message}
+            await self.finish(run, writer, ERROR, "error", payload, state_bytes=current)
+        else:
+            await self.execute(run, writer, control, claim.thread_metadata, head)
         return True
 
-    async def execute(self, run: RunRecord, writer: EventWriter, control: RunControl) -> None:
+    async def execute(
+        self,
+        run: RunRecord,
+        writer: EventWriter,
+        control: RunControl,
+        thread_metadata: bytes = b"{}",
+        head: str | None = None,
+    ) -> None:
         """Execute the graph in a span that continues the trace of the request that created it."""
         started = time.monotonic()
         metrics.RUNS_IN_FLIGHT.inc()
@@ -132,22 +135,32 @@ class RunExecutor:
                     await self.finish_cancelled(run, writer, control.cancel_action)
                     status = INTERRUPTED
                 else:
-                    status = await self._execute_graph(run, writer, control)
+                    status = await self._execute_graph(run, writer, control, thread_metadata, head)
             finally:
                 control.executing = False
                 metrics.RUNS_IN_FLIGHT.dec()
             span.set_attribute("cai.run_status", status)
         metrics.RUN_DURATION.labels(status).observe(time.monotonic() - started)
 
-    async def _execute_graph(self, run: RunRecord, writer: EventWriter, control: RunControl) -> str:
+    async def _execute_graph(
+        self,
+        run: RunRecord,
+        writer: EventWriter,
+        control: RunControl,
+        thread_metadata: bytes,
+        head: str | None,
+    ) -> str:
         s = self.settings
         started = time.monotonic()
         try:
             async with asyncio.timeout(s.run_timeout_seconds):
-                resume = run.attempt > 0 and run.base_checkpoint != (
-                    await self.state.head_checkpoint(run.ref.thread_keys)
-                )
-                await execute(self.graph, run, writer, await self.run_settings(run), resume)
+                if run.attempt > 0 and head is None:
+                    head = await self.state.head_id(run.ref.thread_keys)
+                # A retried run whose thread moved on from where the run started had checkpointed
+                # progress: it continues from there instead of applying its input again.
+                resume = run.attempt > 0 and run.base_checkpoint != head
+                settings = self.run_settings(run, thread_metadata)
+                outcome = await execute(self.graph, run, writer, settings, resume)
         except TimeoutError:
             message = f"Run exceeded its {s.run_timeout_seconds:g}s deadline"
             await self.finish(
@@ -167,7 +180,10 @@ class RunExecutor:
             return ERROR
         if control.cancel_action is not None:
             log.info("the cancel came after the graph had finished; the run succeeded")
-        waiting, size = await self.state.waiting_and_size(run.ref.thread_keys)
+        if outcome.values is None:  # the stream showed no state: read it
+            waiting, size = await self.state.waiting_and_size(run.ref.thread_keys)
+        else:  # the stream's last values and its interrupt say it all (no state read)
+            waiting, size = outcome.interrupted, json_size(outcome.values or None)
         thread_status = "interrupted" if waiting else "idle"
         await self.finish(run, writer, SUCCESS, thread_status, None, END, state_bytes=size)
         log.info("run finished", extra={"seconds": round(time.monotonic() - started, 3)})
@@ -212,6 +228,7 @@ class RunExecutor:
             terminal,
             self.settings.event_log_ttl_seconds,
             state_bytes,
+            lease_owner=self.settings.replica_id,
         )
         if nxt is not None:
             await self.queue.append(RunRef(run.tenant, run.thread_id, nxt[0]), nxt[1])

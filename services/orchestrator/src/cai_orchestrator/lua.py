@@ -5,40 +5,58 @@ next run) is reached through the thread's run-key prefix passed in ARGV. The que
 touched here: appending a dispatched run to it is the caller's second, idempotent step.
 """
 
-# The run is recorded and the thread's multitask strategy decided, atomically.
+# The run is recorded and the thread's multitask strategy decided, atomically, with the checks a
+# thread makes of a new run (its pinned assistant, its state limit).
 # KEYS: 1 thread, 2 pending, 3 thread runs, 4 run, 5 idempotency key
 # ARGV: 1 run_id, 2 tenant, 3 strategy, 4 now_iso, 5 score, 6 'create' a missing thread or not,
-#       7 run fields (json), 8 idempotency ttl (0: no key), 9 run-key prefix, 10 thread_id,
-#       11 '1' if the run is stateless (the thread it creates is temporary)
-# Returns {outcome, run_id, run asked to stop}; outcome: existing | no_thread (none, or being
-# deleted) | temporary (a stateless run's thread) | conflict | dispatched (the thread's active
-# run now) | queued (waits behind the active run).
+#       7 idempotency ttl (0: no key), 8 run-key prefix, 9 thread_id, 10 '1' if the run is
+#       stateless (the thread it creates is temporary), 11 the run's assistant id, 12 the bytes the
+#       run's input adds to the thread's state, 13 the state limit in bytes (0: none),
+#       14.. the run record's fields (name, value, ...)
+# Returns {outcome, value, run asked to stop, runs in the thread's index}; outcome: existing |
+# no_thread (none, or being deleted) | temporary (a stateless run's thread) | pinned (value: the
+# thread's assistant, as JSON) | too_large (value: the thread's state bytes) | conflict |
+# dispatched (the thread's active run now) | queued (waits behind the active run).
 # A thread with an active run never expires: its keys lose their TTL here and get it back when
 # the thread goes idle (FINISH_RUN).
 CREATE_RUN = """
-if ARGV[8] ~= '0' then
+if ARGV[7] ~= '0' then
   local existing = redis.call('GET', KEYS[5])
-  if existing then return {'existing', existing, ''} end
+  if existing then return {'existing', existing, '', 0} end
 end
-if redis.call('EXISTS', KEYS[4]) == 1 then return {'existing', ARGV[1], ''} end
-local owner = redis.call('HGET', KEYS[1], 'tenant')
+if redis.call('EXISTS', KEYS[4]) == 1 then return {'existing', ARGV[1], '', 0} end
+local thread = redis.call('HMGET', KEYS[1], 'tenant', 'deleting', 'temporary', 'metadata',
+  'state_bytes', 'active_run')
+local owner = thread[1]
 if not owner then
-  if ARGV[6] ~= 'create' then return {'no_thread', '', ''} end
-  redis.call('HSET', KEYS[1], 'thread_id', ARGV[10], 'tenant', ARGV[2],
+  if ARGV[6] ~= 'create' then return {'no_thread', '', '', 0} end
+  redis.call('HSET', KEYS[1], 'thread_id', ARGV[9], 'tenant', ARGV[2],
     'created_at', ARGV[4], 'updated_at', ARGV[4], 'metadata', '{}', 'status', 'idle',
-    'active_run', '', 'temporary', ARGV[11])
-elseif owner ~= ARGV[2] or redis.call('HGET', KEYS[1], 'deleting') == '1' then
-  return {'no_thread', '', ''}
-elseif redis.call('HGET', KEYS[1], 'temporary') == '1' then
-  return {'temporary', '', ''}
+    'active_run', '', 'temporary', ARGV[10])
+elseif owner ~= ARGV[2] or thread[2] == '1' then
+  return {'no_thread', '', '', 0}
+elseif thread[3] == '1' then
+  return {'temporary', '', '', 0}
+elseif thread[4] and string.find(thread[4], '"assistant_id"', 1, true) then
+  local ok, metadata = pcall(cjson.decode, thread[4])
+  local pinned = ok and type(metadata) == 'table' and metadata['assistant_id']
+  if pinned and pinned ~= cjson.null and pinned ~= '' and pinned ~= 0
+      and pinned ~= ARGV[11] then
+    return {'pinned', cjson.encode(pinned), '', 0}
+  end
 end
-local active = redis.call('HGET', KEYS[1], 'active_run')
+local limit = tonumber(ARGV[13])
+if limit > 0 then
+  local current = tonumber(thread[5] or '0') or 0
+  if current + tonumber(ARGV[12]) > limit then return {'too_large', tostring(current), '', 0} end
+end
+local active = thread[6]
 local outcome = 'dispatched'
 local interrupts = ''
 if active and active ~= '' then
-  local active_status = redis.call('HGET', ARGV[9] .. active, 'status')
+  local active_status = redis.call('HGET', ARGV[8] .. active, 'status')
   if active_status == 'pending' or active_status == 'running' then
-    if ARGV[3] == 'reject' then return {'conflict', active, ''} end
+    if ARGV[3] == 'reject' then return {'conflict', active, '', 0} end
     if ARGV[3] == 'enqueue' then
       redis.call('RPUSH', KEYS[2], ARGV[1])
     else
@@ -48,29 +66,84 @@ if active and active ~= '' then
     outcome = 'queued'
   end
 end
-local fields = cjson.decode(ARGV[7])
-for k, v in pairs(fields) do redis.call('HSET', KEYS[4], k, v) end
+redis.call('HSET', KEYS[4], unpack(ARGV, 14))
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
-redis.call('HSET', KEYS[1], 'status', 'busy', 'updated_at', ARGV[4])
 if outcome == 'dispatched' then
-  redis.call('HSET', KEYS[1], 'active_run', ARGV[1])
+  redis.call('HSET', KEYS[1], 'status', 'busy', 'updated_at', ARGV[4], 'active_run', ARGV[1])
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
   redis.call('PERSIST', KEYS[3])
+else
+  redis.call('HSET', KEYS[1], 'status', 'busy', 'updated_at', ARGV[4])
 end
-if ARGV[8] ~= '0' then redis.call('SET', KEYS[5], ARGV[1], 'EX', tonumber(ARGV[8])) end
-return {outcome, ARGV[1], interrupts}
+if ARGV[7] ~= '0' then redis.call('SET', KEYS[5], ARGV[1], 'EX', tonumber(ARGV[7])) end
+return {outcome, ARGV[1], interrupts, redis.call('ZCARD', KEYS[3])}
+"""
+
+# An attempt of a run starts: the lease is taken, the run is marked running, and what decides
+# how the attempt goes is read, all at once, so a worker starts a run in one round trip.
+# KEYS: 1 run, 2 lease, 3 cancel flag, 4 thread, 5 event log
+# ARGV: 1 lease owner (the replica), 2 lease ttl ms, 3 now_iso, 4 '1' to record ARGV[5] as the
+#       run's base checkpoint (kept if one is recorded already), 5 base checkpoint id,
+#       6 max attempts, 7 state limit in bytes (0: none), 8 the event log's safety ttl
+# Returns {'missing'} (no such run), {'finished'} (it has ended), {'parked'} (it waits behind its
+# thread's active run), {'leased'} (another replica holds it), or {decision, detail, the run's
+# fields before this attempt, the thread's metadata}; decision: exhausted (past the attempt
+# limit) | cancel (detail: the action asked) | too_large (detail: the thread's state bytes) |
+# run. Every attempt after the first writes `retry` first; a run that executes gets `metadata`.
+CLAIM_RUN = """
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then return {'missing'} end
+local run = {}
+for i = 1, #fields, 2 do run[fields[i]] = fields[i + 1] end
+local status = run['status']
+if status ~= 'pending' and status ~= 'running' then return {'finished'} end
+local thread = redis.call('HMGET', KEYS[4], 'active_run', 'temporary', 'state_bytes', 'metadata')
+if status == 'pending' and thread[1] and thread[1] ~= run['run_id'] then return {'parked'} end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'leased'} end
+local attempt = (tonumber(run['attempt'] or '0') or 0) + 1
+redis.call('HSET', KEYS[1], 'status', 'running', 'replica', ARGV[1], 'attempt', attempt,
+  'updated_at', ARGV[3])
+if ARGV[4] == '1' and not run['base_checkpoint'] then
+  redis.call('HSET', KEYS[1], 'base_checkpoint', ARGV[5])
+end
+local metadata = thread[4] or '{}'
+local logged = false
+if attempt > 1 then
+  redis.call('XADD', KEYS[5], '*', 'e', 'retry',
+    'd', '{"attempt":' .. attempt .. ',"run_id":"' .. run['run_id'] .. '"}')
+  logged = true
+end
+local decision, detail = 'run', ''
+local cancel = redis.call('GET', KEYS[3])
+local limit = tonumber(ARGV[7])
+if attempt > tonumber(ARGV[6]) then
+  decision = 'exhausted'
+elseif cancel then
+  decision, detail = 'cancel', cancel
+elseif attempt == 1 and limit > 0 and thread[2] ~= '1' and run['write_bytes']
+    and (tonumber(thread[3] or '0') or 0) + tonumber(run['write_bytes']) > limit then
+  decision, detail = 'too_large', thread[3] or '0'
+else
+  redis.call('XADD', KEYS[5], '*', 'e', 'metadata',
+    'd', '{"run_id":"' .. run['run_id'] .. '","attempt":' .. attempt .. '}')
+  logged = true
+end
+if logged then redis.call('EXPIRE', KEYS[5], tonumber(ARGV[8])) end
+return {decision, detail, fields, metadata}
 """
 
 # The terminal event and the final status land together (whoever sees one sees the other), and
 # the thread passes to its next pending run.
-# KEYS: 1 thread, 2 pending, 3 run, 4 event log, 5 thread runs
+# The lease of the worker that finishes it goes with it.
+# KEYS: 1 thread, 2 pending, 3 run, 4 event log, 5 thread runs, 6 lease
 # ARGV: 1 run_id, 2 status, 3 now_iso, 4 thread status when nothing follows, 5 run ttl, 6 error,
 #       7 terminal event name, 8 terminal event data, 9 event log ttl, 10 '1' if the run has a
 #       thread to hand on, 11 run-key prefix, 12 thread ttl once idle (0: none), 13 the thread's
-#       state size now ('' = unknown)
+#       state size now ('' = unknown), 14 the lease owner to release it for ('' = none)
 # Returns {'next', run_id, trace} when a run follows (the caller queues it), else {what}.
 FINISH_RUN = """
+if ARGV[14] ~= '' and redis.call('GET', KEYS[6]) == ARGV[14] then redis.call('DEL', KEYS[6]) end
 redis.call('XADD', KEYS[4], '*', 'e', ARGV[7], 'd', ARGV[8])
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[9]))
 redis.call('HSET', KEYS[3], 'status', ARGV[2], 'updated_at', ARGV[3], 'error', ARGV[6])
@@ -107,8 +180,8 @@ end
 return 0
 """
 
-# Fields of a thread that exists (never recreates a deleted or expired thread as a stub).
-# KEYS: 1 thread; ARGV: field, value, ...
+# Fields of a thread or a run that exists (never recreates a deleted or expired one as a stub).
+# KEYS: 1 thread or run record; ARGV: field, value, ...
 SET_THREAD_FIELDS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
@@ -125,12 +198,14 @@ redis.call('DEL', KEYS[2])
 return redis.call('HGET', KEYS[1], 'active_run') or ''
 """
 
-# KEYS: 1 lease; ARGV: 1 owner, 2 ttl ms
+# A heartbeat: the lease is extended if it is still ours, and the run's cancel flag read with it
+# (a cancel published while the listener was reconnecting is not lost).
+# KEYS: 1 lease, 2 cancel flag; ARGV: 1 owner, 2 ttl ms
+# Returns {1 if renewed else 0, the cancel action or false}.
 RENEW_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
+local renewed = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then renewed = redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {renewed, redis.call('GET', KEYS[2])}
 """
 
 # KEYS: 1 lease; ARGV: 1 owner
@@ -162,4 +237,11 @@ end
 redis.call('XADD', KEYS[1], '*', 'e', ARGV[last], 'd', ARGV[last + 1], 'b', ARGV[1])
 if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
 return 1
+"""
+
+# A job is done: acknowledged and deleted from the queue in one call. Queue keys only.
+# KEYS: 1 queue; ARGV: 1 group, 2 entry id
+ACK_JOB = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('XDEL', KEYS[1], ARGV[2])
 """

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from cai_orchestrator import keys
+from cai_orchestrator import keys, lua
 from cai_orchestrator.records import RunRef
 
 
@@ -69,6 +69,7 @@ class RunQueue:
     def __init__(self, redis: Redis, consumer: str) -> None:
         self.redis = redis
         self.consumer = consumer
+        self._ack = redis.register_script(lua.ACK_JOB)
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if needed."""
@@ -111,11 +112,8 @@ class RunQueue:
         return [Job.from_entry(eid, f) for _, entries in (reply or ()) for eid, f in entries]
 
     async def ack(self, job: Job) -> None:
-        """The job is done: acknowledge and delete its entry."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xack(keys.QUEUE, keys.GROUP, job.entry_id)
-            pipe.xdel(keys.QUEUE, job.entry_id)
-            await pipe.execute()
+        """The job is done: acknowledge and delete its entry (one call)."""
+        await self._ack(keys=[keys.QUEUE], args=[keys.GROUP, job.entry_id])
 
     async def hand_back(self, job: Job) -> None:
         """Requeue the job as a fresh entry any replica takes now (instead of a lease wait)."""

@@ -5,8 +5,10 @@ sees the client leave, cancels it at once (CancelRun). A stream can also end bec
 goes away — a gateway or an orchestrator shutting down in a rolling update, a gateway that died —
 while the client is told to reconnect. Such a run is not cancelled then: its cancel is recorded
 with a deadline `REATTACH_GRACE_SECONDS` away, and any stream that opens the run before the
-deadline withdraws it. Every replica looks for overdue cancels about once a second and cancels
-those runs (each cancel is taken by exactly one replica).
+deadline withdraws it. The run's record is marked first (`RunStore.set_reattach`), so a stream
+withdraws only when its run has such a cancel (the record is read anyway). Every replica looks
+for overdue cancels about once a second and cancels those runs (each cancel is taken by exactly
+one replica).
 
 The pending cancels live in Redis, in one sorted set (`keys.REATTACH`: member
 `<tenant>\\n<thread id>\\n<run id>`, score the deadline in Unix seconds), so they outlive the

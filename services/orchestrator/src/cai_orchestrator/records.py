@@ -89,6 +89,11 @@ class RunRecord:
     trace: dict[str, str] = field(default_factory=dict)
     # The thread's head checkpoint when the run first started ("" = none; None = not started).
     base_checkpoint: str | None = None
+    # JSON bytes the run's input adds to its thread's state (the state limit checks it again when
+    # the run starts: the thread may have grown while the run waited). None: not recorded.
+    write_bytes: int | None = None
+    # A stream a server ended left a cancel waiting for the client to re-join (reattach.py).
+    reattach: bool = False
 
     @property
     def ref(self) -> RunRef:
@@ -96,7 +101,9 @@ class RunRecord:
         return RunRef(self.tenant, self.thread_id, self.run_id)
 
     @classmethod
-    def pending(cls, new: NewRun, run_id: str, thread_id: str, created_at: str) -> RunRecord:
+    def pending(
+        cls, new: NewRun, run_id: str, thread_id: str, created_at: str, write_bytes: int = 0
+    ) -> RunRecord:
         """A new run's record, before it is queued."""
         return cls(
             run_id=run_id,
@@ -111,6 +118,7 @@ class RunRecord:
             metadata=new.metadata,
             temporary=new.temporary,
             trace=new.trace,
+            write_bytes=write_bytes,
         )
 
     @classmethod
@@ -134,6 +142,8 @@ class RunRecord:
             temporary=s.get("temporary") == "1",
             trace=orjson.loads(s.get("trace") or "{}"),
             base_checkpoint=s.get("base_checkpoint"),
+            write_bytes=int(s["write_bytes"]) if s.get("write_bytes") else None,
+            reattach=s.get("reattach") == "1",
         )
 
     def to_hash(self) -> dict[str, str]:
@@ -152,6 +162,7 @@ class RunRecord:
             "attempt": str(self.attempt),
             "temporary": "1" if self.temporary else "0",
             "trace": orjson.dumps(self.trace).decode(),
+            "write_bytes": str(self.write_bytes or 0),
         }
 
 

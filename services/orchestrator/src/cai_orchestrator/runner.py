@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessageChunk
@@ -24,6 +25,15 @@ SUPPORTED_STREAM_MODES = {
 }
 # The recursion limit of a run whose assistant is gone (an assistant's own default is the same).
 DEFAULT_RECURSION_LIMIT = 10
+_INTERRUPT = "__interrupt__"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a graph run ended, as its stream showed it (no state read needed afterwards)."""
+
+    interrupted: bool  # it stopped at an interrupt (work is left: the thread waits)
+    values: Any  # the thread's values at the end; None if the stream showed none
 
 
 def graph_input(run: RunRecord, resume: bool = False) -> Any:
@@ -73,11 +83,13 @@ async def execute(
     writer: EventWriter,
     run_settings: dict[str, Any],
     resume: bool = False,
-) -> None:
-    """Stream the graph for `run`, writing one event per streamed part.
+) -> Outcome:
+    """Stream the graph for `run`, writing one event per streamed part; how it ended.
 
     With `resume` (a retried run that already checkpointed progress), the graph continues from
     the thread's last checkpoint, so nothing the run did (its input included) is applied twice.
+    The graph's `values` stream is always read (its last part is the thread's state, with the
+    interrupt if the graph stopped at one), and written as events only if the client asked.
     """
     requested = run.kwargs.get("stream_mode") or ["values"]
     modes = list(
@@ -88,16 +100,24 @@ async def execute(
     last_meta: Any = None
     last_meta_bytes = b"{}"
     config = run_config(run, run_settings)
-    if resume and await _replay_finished_answer(graph, run, writer, modes):
-        return
+    if resume:
+        replayed = await _replay_finished_answer(graph, run, writer, modes)
+        if replayed is not None:
+            return replayed
     wants_custom = "custom" in modes
     if not wants_custom:
         modes.append("custom")  # status and retrieval events travel on the custom stream
+    wants_values = "values" in modes
+    if not wants_values:
+        modes.append("values")  # how the run ended: the state and any interrupt
     stream = graph.astream(
         graph_input(run, resume),
         config,
         stream_mode=modes,  # type: ignore[arg-type]  # validated against SUPPORTED_STREAM_MODES
+        durability=run_settings.get("durability"),
     )
+    values: Any = None
+    interrupted = False
     generating_since: float | None = None  # the model was called; its first token is due
     last_token_at: float | None = None
     part: Any
@@ -138,25 +158,33 @@ async def execute(
                 await writer.emit(str(chunk["cai_event"]), dumps(event))
             elif wants_custom:
                 await writer.emit("custom", dumps(chunk))
+        elif mode == "values":
+            values = chunk
+            if isinstance(chunk, dict) and _INTERRUPT in chunk:
+                interrupted = True
+                values = {k: v for k, v in chunk.items() if k != _INTERRUPT}
+            if wants_values:
+                await writer.emit(mode, dumps(chunk))
         else:
             await writer.emit(mode, dumps(chunk))
+    return Outcome(interrupted, values)
 
 
 async def _replay_finished_answer(
     graph: CompiledStateGraph, run: RunRecord, writer: EventWriter, modes: list[str]
-) -> bool:
+) -> Outcome | None:
     """A retried run whose graph already finished (its worker died before writing `end`).
 
     Clients drop what they were streamed when they see `retry`, so the answer the checkpoint
-    holds is sent again as one message. Returns False when there is still work to run.
+    holds is sent again as one message. Returns None when there is still work to run.
     """
     checkpoint_thread = run.ref.thread_keys.checkpoint_thread
     snapshot = await graph.aget_state({"configurable": {"thread_id": checkpoint_thread}})
     if snapshot.next:
-        return False
+        return None
     messages = (snapshot.values or {}).get("messages") or []
     if "messages" in modes and messages and messages[-1].type == "ai":
         await writer.emit("messages", b"[" + dumps(messages[-1]) + b',{"replayed":true}]')
     if "values" in modes:
         await writer.emit("values", dumps(snapshot.values))
-    return True
+    return Outcome(False, snapshot.values)

@@ -30,7 +30,6 @@ from cai_orchestrator.records import (
     RunRef,
     StoreError,
     not_found,
-    state_too_large,
 )
 from cai_orchestrator.state import run_write_size
 from cai_orchestrator.store import RunStore
@@ -66,26 +65,18 @@ class RunService:
     pending_cancels: PendingCancels | None = None
 
     async def create(self, new: NewRun) -> RunRecord:
-        """Record a run, then queue it (or leave it parked behind its thread's active run)."""
+        """Record a run, then queue it (or leave it parked behind its thread's active run).
+
+        The thread's own checks (its pinned assistant, its state limit) are made by the same
+        script that records the run (`RunStore.create_run`): one round trip, no read before it.
+        """
         if self.assistants.get(new.assistant_id) is None:
             raise not_found("Assistant", new.assistant_id)
-        state_bytes = 0
-        if new.thread_id:
-            thread = await self.store.get_thread(new.tenant, new.thread_id)
-            pinned = thread.metadata.get("assistant_id") if thread else None
-            if pinned and pinned != new.assistant_id:
-                raise StoreError(
-                    "conflict",
-                    f"Thread {new.thread_id} is pinned to assistant {pinned!r} by its metadata",
-                )
-            state_bytes = thread.state_bytes if thread else 0
-        too_large = state_too_large(
-            new.thread_id, state_bytes, run_write_size(new.kwargs), self.max_state_bytes
-        )
-        if too_large is not None:
-            raise too_large
         created = await self.store.create_run(
-            new, first=lambda pipe, ref: self.queue.intend(pipe, ref, DISPATCH_CHECK_S)
+            new,
+            first=lambda pipe, ref: self.queue.intend(pipe, ref, DISPATCH_CHECK_S),
+            write_bytes=run_write_size(new.kwargs),
+            max_state_bytes=self.max_state_bytes,
         )
         run = created.run
         if created.existed:
@@ -223,12 +214,15 @@ class RunService:
     ) -> RunStream | None:
         """Follow a run's log after `after`; None when the run ended so long ago its log expired."""
         run = await self.get(tenant, thread_id, run_id)
-        if run.status in TERMINAL_STATUSES and not await self.store.log_exists(run.ref):
+        ended = run.status in TERMINAL_STATUSES
+        if ended and not await self.store.log_exists(run.ref):
             return None
-        if not run.temporary:
+        if ended and not run.temporary:
+            # (A thread with a run that has not ended has no expiry to start again.)
             await self.store.touch_thread(run.tenant, run.thread_id)
-        if self.pending_cancels is not None and run.status not in TERMINAL_STATUSES:
+        if self.pending_cancels is not None and not ended and run.reattach:
             await self.pending_cancels.withdraw(run.ref)  # a client re-joined in time
+            await self.store.set_reattach(run.ref, False)
         sub = await self.tailer.subscribe(run.ref.keys.events, after)
         return RunStream(self, run, sub)
 
@@ -238,6 +232,9 @@ class RunService:
         if self.pending_cancels is None:
             await self.cancel(run.tenant, run.thread_id, run.run_id, "interrupt")
             return
+        # The record says so first: a stream that opens the run withdraws the cancel only then
+        # (one command less for every other stream).
+        await self.store.set_reattach(run.ref, True)
         await self.pending_cancels.defer(run.ref)
 
     async def cancel_abandoned(self) -> int:

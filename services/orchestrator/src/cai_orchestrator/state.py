@@ -8,7 +8,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
-from cai_orchestrator.checkpoint import DELETE_PAGE, delete_checkpoints
+from cai_orchestrator.checkpoint import DELETE_PAGE, delete_checkpoints, head_checkpoint_id
 from cai_orchestrator.events import dumps
 from cai_orchestrator.keys import ThreadKeys
 
@@ -111,8 +111,14 @@ class ThreadState:
             raise InvalidUpdate(f"cannot apply this update: {exc}") from exc
         return dict(new_config)
 
+    async def head_id(self, thread: ThreadKeys) -> str:
+        """Id of the thread's newest checkpoint ("" when it has none), read as cheaply as the
+        checkpointer allows (on Redis without restarting the checkpoints' expiry)."""
+        return await head_checkpoint_id(self._saver, thread.checkpoint_thread)
+
     async def head_checkpoint(self, thread: ThreadKeys) -> str:
-        """Id of the thread's newest checkpoint ("" when it has none)."""
+        """Id of the thread's newest checkpoint ("" when it has none); on Redis, reading it
+        restarts the expiry of the thread's checkpoints."""
         config: RunnableConfig = {"configurable": _configurable(thread, checkpoint_ns="")}
         found = await self._saver.aget_tuple(config)
         return str(found.config["configurable"]["checkpoint_id"]) if found else ""
@@ -124,7 +130,7 @@ class ThreadState:
         the run started from becomes the head again (the run's steps stay only as an abandoned
         branch of the history); a run that was the thread's first empties the thread.
         """
-        if base is None or base == await self.head_checkpoint(thread):
+        if base is None or base == await self.head_id(thread):
             return  # the run wrote nothing
         if base == "":
             await self.delete(thread)

@@ -13,11 +13,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from cai_common.runs import PENDING, RUNNING, TERMINAL_STATUSES_BYTES
 from cai_orchestrator import keys, lua
@@ -31,6 +34,7 @@ from cai_orchestrator.records import (
     ThreadRecord,
     not_found,
     now_iso,
+    state_too_large,
 )
 
 # Stateless runs with an Idempotency-Key get a run id derived from it, so the retried request
@@ -49,6 +53,32 @@ RUNS_PER_THREAD_INDEX = 1000
 # Index entries examined for trimming per run created (an oversized old index shrinks gradually).
 _TRIM_BATCH = 1000
 _UNFINISHED = (PENDING.encode(), RUNNING.encode())
+# The tenant's unfinished-runs index is trimmed of entries older than any run lives (and its
+# expiry restarted) at most this often per tenant and process, not on every run created.
+_INDEX_TRIM_EVERY_S = 60.0
+_INDEX_TRIM_TENANTS = 10_000  # tenants remembered; past that the memory starts over
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """How an attempt of a run starts (RunStore.claim_run).
+
+    `outcome`: missing (no such run), finished (it has ended), parked (it waits behind its
+    thread's active run), leased (another replica holds it): the worker does not execute it.
+    Otherwise the lease is ours and the run is marked running, and `outcome` says what the
+    attempt does: run; exhausted (past the attempt limit); cancel (`detail`: the action asked
+    before it started); too_large (`detail`: the thread's state bytes, which with the run's input
+    would pass the limit).
+    """
+
+    outcome: str
+    detail: str = ""
+    run: RunRecord | None = None  # as it was before this attempt (attempt: the attempts before)
+    thread_metadata: bytes = b"{}"  # the thread's metadata, JSON (not parsed here)
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    return [x for kv in fields.items() for x in kv]
 
 
 def _decoded(value: Any) -> str:
@@ -312,7 +342,33 @@ class RunStore(ThreadStore):
         self.runs_per_thread = runs_per_thread
         self._create = redis.register_script(lua.CREATE_RUN)
         self._finish = redis.register_script(lua.FINISH_RUN)
+        self._claim = redis.register_script(lua.CLAIM_RUN)
         self._cancel_parked = redis.register_script(lua.CANCEL_PARKED)
+        self._trimmed: dict[str, float] = {}  # tenant -> when its unfinished index was trimmed
+
+    async def _pipeline(self, fill: Callable[[Pipeline], None]) -> list[Any]:
+        """Send the commands `fill` queues in one round trip and return their replies.
+
+        Scripts go in by hash (`_evalsha`): redis-py would otherwise ask `SCRIPT EXISTS` first, a
+        round trip of its own on every call. If Redis lost its scripts (a restart), they are
+        loaded and the round trip is sent again; the commands that go with scripts here are
+        idempotent, so running them twice is harmless.
+        """
+        for attempt in (1, 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                fill(pipe)
+                try:
+                    return await pipe.execute()
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+            for script in (self._create, self._finish):
+                await self.redis.script_load(script.script)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _evalsha(pipe: Pipeline, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
 
     async def ping(self) -> bool:
         """True while Redis answers."""
@@ -331,9 +387,16 @@ class RunStore(ThreadStore):
         return RunRef(tenant, thread_id, run_id)
 
     async def create_run(
-        self, new: NewRun, first: Callable[[Pipeline, RunRef], None] | None = None
+        self,
+        new: NewRun,
+        first: Callable[[Pipeline, RunRef], None] | None = None,
+        *,
+        write_bytes: int = 0,
+        max_state_bytes: int = 0,
     ) -> Created:
-        """Record a run under the thread's multitask strategy (atomically).
+        """Record a run under the thread's multitask strategy (atomically), unless the thread is
+        pinned to another assistant or the run's input (`write_bytes`) would grow the thread's
+        state past `max_state_bytes` (0: no limit).
 
         `first` adds commands to the same round trip, sent before the script (the queue's
         dispatch intent).
@@ -348,10 +411,34 @@ class RunStore(ThreadStore):
             run_id = str(uuid.uuid4())
         ts = now_iso()
         thread_id = new.thread_id or run_id
-        record = RunRecord.pending(new, run_id, thread_id, ts)
+        record = RunRecord.pending(new, run_id, thread_id, ts, write_bytes)
         tk = keys.ThreadKeys(new.tenant, thread_id)
         create_thread = new.temporary or new.if_not_exists == "create"
-        async with self.redis.pipeline(transaction=False) as pipe:
+        script_keys = [
+            tk.record,
+            tk.pending,
+            tk.runs,
+            tk.run(run_id).record,
+            tk.idempotency(new.idempotency_key),
+        ]
+        args = [
+            run_id,
+            new.tenant,
+            new.multitask_strategy,
+            ts,
+            time.time(),
+            "create" if create_thread else "reject",
+            self.idempotency_ttl if new.idempotency_key else 0,
+            tk.run_prefix,
+            thread_id,
+            "1" if new.temporary else "0",
+            new.assistant_id,
+            write_bytes,
+            max_state_bytes,
+            *_flat(record.to_hash()),
+        ]
+
+        def fill(pipe: Pipeline) -> None:
             if first is not None:
                 first(pipe, RunRef(new.tenant, thread_id, run_id))
             if not new.temporary:
@@ -361,35 +448,13 @@ class RunStore(ThreadStore):
                 self._index_unfinished(pipe, new.tenant, run_id)
                 if create_thread:
                     pipe.zadd(keys.tenant_threads(new.tenant), {thread_id: time.time()}, nx=True)
-            await self._create(
-                keys=[
-                    tk.record,
-                    tk.pending,
-                    tk.runs,
-                    tk.run(run_id).record,
-                    tk.idempotency(new.idempotency_key),
-                ],
-                args=[
-                    run_id,
-                    new.tenant,
-                    new.multitask_strategy,
-                    ts,
-                    time.time(),
-                    "create" if create_thread else "reject",
-                    orjson.dumps(record.to_hash()),
-                    self.idempotency_ttl if new.idempotency_key else 0,
-                    tk.run_prefix,
-                    thread_id,
-                    "1" if new.temporary else "0",
-                ],
-                client=pipe,
-            )
-            pipe.zcard(tk.runs)
-            *_, reply, indexed = await pipe.execute()
-        outcome, value, interrupts = (_decoded(v) for v in reply)
+            self._evalsha(pipe, self._create, script_keys, args)
+
+        reply = (await self._pipeline(fill))[-1]
+        outcome, value, interrupts = (_decoded(v) for v in reply[:3])
         if not new.temporary:
             if outcome in ("dispatched", "queued"):
-                await self._trim_runs(tk, int(indexed) - self.runs_per_thread)
+                await self._trim_runs(tk, int(reply[3]) - self.runs_per_thread)
             else:
                 await self._forget_unfinished(new.tenant, run_id)
         if outcome == "existing":
@@ -405,6 +470,15 @@ class RunStore(ThreadStore):
                 f"Thread {thread_id} is a stateless run's temporary thread; create runs on a "
                 "thread of your own",
             )
+        if outcome == "pinned":
+            raise StoreError(
+                "conflict",
+                f"Thread {thread_id} is pinned to assistant {orjson.loads(value)!r} by its "
+                "metadata",
+            )
+        if outcome == "too_large":
+            too_large = state_too_large(new.thread_id, int(value), write_bytes, max_state_bytes)
+            raise too_large or StoreError("too_large", "The run's state would pass the limit")
         if outcome == "conflict":
             raise StoreError(
                 "conflict",
@@ -427,19 +501,43 @@ class RunStore(ThreadStore):
         """The run's status ("" when it has no record)."""
         return _decoded(await self.redis.hget(ref.keys.record, "status") or b"")
 
-    async def mark_running(
-        self, ref: RunRef, replica: str, attempt: int, base_checkpoint: str | None = None
-    ) -> None:
-        """Record who executes the run, which attempt this is and (first time) its base."""
-        fields: dict[str, Any] = {
-            "status": "running",
-            "replica": replica,
-            "attempt": attempt,
-            "updated_at": now_iso(),
-        }
-        if base_checkpoint is not None:
-            fields["base_checkpoint"] = base_checkpoint
-        await self.redis.hset(ref.keys.record, mapping=fields)
+    async def claim_run(
+        self,
+        ref: RunRef,
+        owner: str,
+        lease_ms: int,
+        base_checkpoint: str | None,
+        max_attempts: int,
+        max_state_bytes: int,
+        log_ttl_s: int,
+    ) -> Claim:
+        """Start an attempt of the run in one round trip (lua.CLAIM_RUN): take its lease for
+        `owner`, mark it running, record `base_checkpoint` (the thread's head before its first
+        attempt; None: unknown), read its cancel flag and its thread, and write `retry` (any
+        attempt after the first) and `metadata` (an attempt that executes) to its event log,
+        whose expiry then starts at `log_ttl_s`."""
+        rk = ref.keys
+        reply = await self._claim(
+            keys=[rk.record, rk.lease, rk.cancel, ref.thread_keys.record, rk.events],
+            args=[
+                owner,
+                lease_ms,
+                now_iso(),
+                "0" if base_checkpoint is None else "1",
+                base_checkpoint or "",
+                max_attempts,
+                max_state_bytes,
+                log_ttl_s,
+            ],
+        )
+        outcome = _decoded(reply[0])
+        if len(reply) == 1:
+            return Claim(outcome)
+        flat = reply[2]
+        run = RunRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        if run.base_checkpoint is None and base_checkpoint is not None:
+            run.base_checkpoint = base_checkpoint
+        return Claim(outcome, _decoded(reply[1]), run, reply[3])
 
     async def finish_run(
         self,
@@ -450,9 +548,11 @@ class RunStore(ThreadStore):
         terminal: tuple[str, bytes],
         log_ttl_s: int,
         state_bytes: int | None = None,
+        lease_owner: str = "",
     ) -> tuple[str, str] | None:
         """Append the terminal event, set the final status, hand the thread to its next run
         (or, with none, start the idle thread's expiry); `state_bytes` is the thread's state size.
+        The run's lease goes too, if `lease_owner` holds it.
 
         Returns the next run (id, trace) that the caller must queue, if one follows.
         """
@@ -462,30 +562,31 @@ class RunStore(ThreadStore):
         has_thread = bool(run.thread_id) and not run.temporary
         if self.thread_ttl:
             log_ttl_s = min(log_ttl_s, self.thread_ttl)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._finish(
-                keys=[tk.record, tk.pending, rk.record, rk.events, tk.runs],
-                args=[
-                    run.run_id,
-                    status,
-                    now_iso(),
-                    thread_status,
-                    self.run_ttl,
-                    error,
-                    terminal[0],
-                    terminal[1],
-                    log_ttl_s,
-                    "1" if has_thread else "0",
-                    tk.run_prefix,
-                    self.thread_ttl,
-                    "" if state_bytes is None else state_bytes,
-                ],
-                client=pipe,
-            )
+        script_keys = [tk.record, tk.pending, rk.record, rk.events, tk.runs, rk.lease]
+        args = [
+            run.run_id,
+            status,
+            now_iso(),
+            thread_status,
+            self.run_ttl,
+            error,
+            terminal[0],
+            terminal[1],
+            log_ttl_s,
+            "1" if has_thread else "0",
+            tk.run_prefix,
+            self.thread_ttl,
+            "" if state_bytes is None else state_bytes,
+            lease_owner,
+        ]
+
+        def fill(pipe: Pipeline) -> None:
+            self._evalsha(pipe, self._finish, script_keys, args)
             if has_thread:
                 pipe.expire(keys.run_thread(run.tenant, run.run_id), self.run_ttl)
                 pipe.zrem(keys.tenant_unfinished_runs(run.tenant), run.run_id)
-            result = (await pipe.execute())[0]
+
+        result = (await self._pipeline(fill))[0]
         if _decoded(result[0]) == "next":
             return _decoded(result[1]), _decoded(result[2])
         return None
@@ -515,20 +616,33 @@ class RunStore(ThreadStore):
             pipe.delete(keys.run_thread(run.tenant, run.run_id))
             await pipe.execute()
 
+    async def set_reattach(self, ref: RunRef, waiting: bool) -> None:
+        """Mark (or unmark) the run as having a cancel that waits for its client to re-join
+        (reattach.py); an expired record is not recreated."""
+        if waiting:
+            await self._set_fields(keys=[ref.keys.record], args=["reattach", "1"])
+        else:
+            await self.redis.hdel(ref.keys.record, "reattach")
+
     async def log_exists(self, ref: RunRef) -> bool:
         """Whether the run's event log is still there (it expires after the run)."""
         return bool(await self.redis.exists(ref.keys.events))
 
     # -- indexes: bounded reads and trimming ---------------------------------------------------
 
-    @staticmethod
-    def _index_unfinished(pipe: Pipeline, tenant: str, run_id: str) -> None:
-        """Add a run to the tenant's unfinished runs; entries older than any run lives go."""
+    def _index_unfinished(self, pipe: Pipeline, tenant: str, run_id: str) -> None:
+        """Add a run to the tenant's unfinished runs; now and then, entries older than any run
+        lives go (runs whose finish was lost) and the index's expiry starts again."""
         index = keys.tenant_unfinished_runs(tenant)
         now = time.time()
         pipe.zadd(index, {run_id: now})
-        pipe.zremrangebyscore(index, "-inf", now - _INDEX_TTL_S)
-        pipe.expire(index, _INDEX_TTL_S)
+        trimmed = self._trimmed.get(tenant)
+        if trimmed is None or time.monotonic() - trimmed >= _INDEX_TRIM_EVERY_S:
+            if len(self._trimmed) >= _INDEX_TRIM_TENANTS:
+                self._trimmed.clear()
+            self._trimmed[tenant] = time.monotonic()
+            pipe.zremrangebyscore(index, "-inf", now - _INDEX_TTL_S)
+            pipe.expire(index, _INDEX_TTL_S)
 
     async def _forget_unfinished(self, tenant: str, run_id: str) -> None:
         """Undo the indexes written for a run that was not created (a conflict, a duplicate)."""

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 
 from cai_common.logging import bind, log_context
-from cai_common.runs import TERMINAL_STATUSES
 from cai_orchestrator import metrics
 from cai_orchestrator.cancel import CancelBus
 from cai_orchestrator.config import Settings
@@ -24,7 +23,6 @@ from cai_orchestrator.events import EventLogs
 from cai_orchestrator.execution import RunControl, RunExecutor
 from cai_orchestrator.lease import Leases
 from cai_orchestrator.queue import Job, RunQueue
-from cai_orchestrator.records import RunRecord
 from cai_orchestrator.runs import RunService
 from cai_orchestrator.state import ThreadState
 
@@ -149,43 +147,60 @@ class Worker:
             log_context.reset(token)
 
     async def _attempt(self, job: Job) -> None:
-        """One attempt at a job: lease it, execute it, then acknowledge it or let it go."""
-        run = await self.store.load_run(job.ref)
-        if run is None:
+        """One attempt at a job: claim it (lease, record, cancel flag: one round trip), execute
+        it, then acknowledge it or let it go."""
+        ref = job.ref
+        s = self.settings
+        bind(thread_id=ref.thread_id, tenant=ref.tenant)
+        # The thread's head before the claim: the run's base if this is its first attempt (the
+        # claim keeps a base recorded before), and what a retry resumes from.
+        head = await self.state.head_id(ref.thread_keys)
+        claim = await self.store.claim_run(
+            ref,
+            self.leases.owner,
+            self.leases.ttl_ms,
+            head,
+            s.max_attempts,
+            s.max_thread_state_bytes,
+            self.logs.safety_ttl_s,
+        )
+        if claim.outcome == "missing":
             log.warning("job for an unknown or expired run; dropping it")
             await self.queue.ack(job)
             return
-        bind(thread_id=run.thread_id, tenant=run.tenant)
-        if run.status in TERMINAL_STATUSES:
-            await self.executor.queue_successor(run.ref)  # in case its worker died before
+        if claim.outcome == "finished":
+            await self.executor.queue_successor(ref)  # in case its worker died before
             await self.queue.ack(job)
             return
-        if not await self.leases.acquire(run.ref):
+        if claim.outcome == "parked":
+            log.info("job for a run that waits behind its thread's active run; dropping it")
+            await self.queue.ack(job)  # the run is queued again when its turn comes
+            return
+        if claim.outcome == "leased":
             return  # another replica holds it; it stays pending until that lease lapses
-        writer = self.logs.writer(run.ref.keys.events)
-        running = self.running[run.run_id]
+        # The claim wrote the log's first event (and started its expiry).
+        writer = self.logs.writer(ref.keys.events, expiry_set=True)
+        running = self.running[ref.run_id]
         heartbeat = asyncio.create_task(
-            self.leases.keep(run.ref, lambda: running.task.cancel(), lambda: self._poll_cancel(run))
+            self.leases.keep(
+                ref,
+                lambda: running.task.cancel(),
+                lambda action: self.cancel_local(ref.run_id, action),
+            )
         )
+        finished = False
         try:
-            await self.executor.start_attempt(run, writer, running.control)
+            finished = await self.executor.start_attempt(claim, writer, running.control, head)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError, RedisError):
                 await heartbeat
-            if await self.store.run_status(run.ref) in TERMINAL_STATUSES:
+            if finished:  # the terminal event is written, and the lease went with it
                 await self.queue.ack(job)
             else:  # handed back or lease lost: the next attempt streams after its `retry`
                 await writer.abandon()
-            with contextlib.suppress(RedisError):
-                await self.leases.release(run.ref)
-
-    async def _poll_cancel(self, run: RunRecord) -> None:
-        """A cancel published while the listener was reconnecting is not lost: the flag stays."""
-        with contextlib.suppress(RedisError, OSError):
-            action = await self.bus.requested(run.ref)
-            if action:
-                self.cancel_local(run.run_id, action)
+                with contextlib.suppress(RedisError):
+                    await self.leases.release(ref)
 
     def cancel_local(self, run_id: str, action: str) -> bool:
         """Cancel a run executing on this replica; False if it is not here."""
