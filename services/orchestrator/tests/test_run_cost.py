@@ -89,6 +89,13 @@ def _is_checkpointer(args: list[bytes]) -> bool:
     return name.startswith((b"JSON.", b"FT.")) or key.startswith((b"checkpoint", b"write_keys"))
 
 
+def _is_event_batch(args: list[bytes]) -> bool:
+    """An EVALSHA of one batch of a run's events (one key: the log; ARGV: marker, ttl, pairs)."""
+    if args[0].upper() != b"EVALSHA" or len(args) < 4 or args[2] != b"1":
+        return False
+    return args[3].endswith(b":events") and not _LIFECYCLE & set(args[6::2])
+
+
 def tally(commands: list[tuple[str, list[bytes]]], runs: int) -> dict[str, float]:
     """Per-run counts by kind (see the module docstring)."""
     checkpointer_clients = {c for c, args in commands if c != "lua" and _is_checkpointer(args)}
@@ -108,6 +115,8 @@ def tally(commands: list[tuple[str, list[bytes]]], runs: int) -> dict[str, float
             kind = "not counted"
         elif name == b"XADD" and key.endswith(b":events") and not _LIFECYCLE & set(args[3:5]):
             kind = "graph events"
+        elif _is_event_batch(args):
+            kind = "graph events"  # lua.APPEND_EVENTS: the graph's events, written at most once
         else:
             kind = "bookkeeping"
             names[name.decode()] += 1
