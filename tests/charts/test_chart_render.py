@@ -182,28 +182,101 @@ def test_orchestrator_has_an_hpa_or_a_scaledobject_never_both(scenario: tuple) -
     assert "replicas" not in deploy["spec"], "a managed Deployment must not pin replicas"
 
 
-def test_keda_scales_on_queue_lag_with_the_redis_password(production_objs: list) -> None:
+def _keda(values: dict[str, Any]) -> dict[str, Any]:
+    """The orchestrator's ScaledObject, schema-validated, for `values` on top of KEDA on."""
+    base = {"orchestrator": {"autoscaling": {"enabled": False}, "keda": {"enabled": True}}}
+    objs = render(_merge(base, values))
+    scaled = one(objs, "ScaledObject", "cai-orchestrator")
+    assert chartcheck.validate_object(scaled) == []
+    return scaled
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _triggers(scaled: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t for t in scaled["spec"]["triggers"]}
+
+
+def test_keda_scales_on_queued_plus_executing_runs_per_pod(production_objs: list) -> None:
+    """Lag alone is 0 while every pod is busy: the load is lag + pending (runs in flight)."""
     scaled = one(production_objs, "ScaledObject", "cai-orchestrator")
     assert scaled["spec"]["scaleTargetRef"]["name"] == "cai-orchestrator"
-    (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis-streams"
-    meta = trigger["metadata"]
-    assert meta["stream"] == "cai:runs:queue"
-    assert meta["consumerGroup"] == "cai-orchestrators"
-    assert meta["lagCount"] == "20"
-    assert meta["address"] == "redis.example.internal:6380"
-    assert meta["enableTLS"] == "true"
-    auth = one(production_objs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    assert auth["spec"]["secretTargetRef"] == [
-        {"parameter": "password", "name": "cai-redis", "key": "redis-password"},
-        {"parameter": "username", "name": "cai-redis", "key": "redis-username"},
-    ]
+    triggers = _triggers(scaled)
+    assert set(triggers) == {"queued", "inflight"}
+    assert {t["type"] for t in triggers.values()} == {"redis-streams"}
+    assert "lagCount" in triggers["queued"]["metadata"]
+    assert "pendingEntriesCount" in triggers["inflight"]["metadata"]
+    modifiers = scaled["spec"]["advanced"]["scalingModifiers"]
+    assert modifiers["formula"] == "queued + inflight"
+    assert modifiers["metricType"] == "AverageValue"
+    # 0.7 x maxConcurrentRuns (per pod, whatever its processes): production runs 100 per pod.
+    assert modifiers["target"] == "70"
+    for trigger in triggers.values():
+        meta = trigger["metadata"]
+        assert meta["stream"] == "cai:runs:queue"
+        assert meta["consumerGroup"] == "cai-orchestrators"
+        assert meta["address"] == "redis.example.internal:6380"
+        assert meta["databaseIndex"] == "0"
+        assert meta["enableTLS"] == "true"
+        assert "username" not in meta  # from the Secret, through the TriggerAuthentication
+        auth = one(production_objs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+        assert auth["spec"]["secretTargetRef"] == [
+            {"parameter": "password", "name": "cai-redis", "key": "redis-password"},
+            {"parameter": "username", "name": "cai-redis", "key": "redis-username"},
+        ]
+
+
+def test_keda_target_follows_max_concurrent_runs_and_target_load() -> None:
+    scaled = _keda({"orchestrator": {"maxConcurrentRuns": 40, "processes": 4}})
+    assert scaled["spec"]["advanced"]["scalingModifiers"]["target"] == "28"
+    scaled = _keda({"orchestrator": {"maxConcurrentRuns": 40, "keda": {"targetLoad": 0.5}}})
+    assert scaled["spec"]["advanced"]["scalingModifiers"]["target"] == "20"
+    scaled = _keda({"orchestrator": {"maxConcurrentRuns": 1}})
+    assert scaled["spec"]["advanced"]["scalingModifiers"]["target"] == "1"
+
+
+def test_keda_has_a_fallback_and_slow_scale_down(production_objs: list) -> None:
+    spec = one(production_objs, "ScaledObject", "cai-orchestrator")["spec"]
+    assert spec["fallback"]["replicas"] >= 1
+    assert spec["fallback"]["failureThreshold"] >= 1
+    assert spec["fallback"]["behavior"] == "currentReplicasIfHigher"
+    down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] >= 300
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 120}]
+    assert spec["minReplicaCount"] >= 1
+
+
+def test_keda_reads_database_and_username_from_the_redis_url() -> None:
+    redis = {
+        "mode": "external",
+        "external": {"url": "redis://cai-runs@redis.example.internal/3", "existingSecret": "s"},
+    }
+    scaled = _keda({"redis": redis})
+    for trigger in scaled["spec"]["triggers"]:
+        meta = trigger["metadata"]
+        assert meta["databaseIndex"] == "3"
+        assert meta["username"] == "cai-runs"
+        assert meta["address"] == "redis.example.internal:6379"
+        assert meta["enableTLS"] == "false"
+        assert trigger["authenticationRef"]["name"] == "cai-redis-auth"
+
+
+def test_keda_min_replicas_zero_is_refused() -> None:
+    """Runs are enqueued through a running orchestrator: at zero nothing would wake it up."""
+    with pytest.raises(Exception, match="minReplicaCount"):
+        _keda({"orchestrator": {"keda": {"minReplicaCount": 0}}})
 
 
 def test_keda_reaches_the_in_chart_redis_by_its_full_name() -> None:
     objs = render(scenario_values("everything-internal"))
-    meta = one(objs, "ScaledObject", "cai-orchestrator")["spec"]["triggers"][0]["metadata"]
-    assert meta["address"] == "cai-redis.cai.svc:6379"
+    for trigger in one(objs, "ScaledObject", "cai-orchestrator")["spec"]["triggers"]:
+        assert trigger["metadata"]["address"] == "cai-redis.cai.svc:6379"
+        assert trigger["metadata"]["databaseIndex"] == "0"
 
 
 def test_keda_with_the_hpa_is_refused() -> None:
@@ -220,6 +293,34 @@ def test_gateway_and_retriever_have_hpas(default_objs: list) -> None:
             "name": f"cai-{name}",
         }
         assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_gateway_scales_on_open_streams_per_pod(default_objs: list) -> None:
+    """SSE connections cost little CPU: the gateway's HPA counts open streams per pod."""
+    metrics = one(default_objs, "HorizontalPodAutoscaler", "cai-gateway")["spec"]["metrics"]
+    assert metrics == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "cai_sse_streams_in_flight"},
+                "target": {"type": "AverageValue", "averageValue": "200"},
+            },
+        }
+    ]
+
+
+def test_gateway_cpu_fallback_without_a_custom_metrics_api() -> None:
+    objs = render(
+        {
+            "gateway": {
+                "autoscaling": {"targetStreamsPerPod": 0, "targetCPUUtilizationPercentage": 70}
+            }
+        }
+    )
+    (metric,) = one(objs, "HorizontalPodAutoscaler", "cai-gateway")["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    with pytest.raises(Exception, match="targetStreamsPerPod"):
+        render({"gateway": {"autoscaling": {"targetStreamsPerPod": 0}}})
 
 
 # --- availability: PDBs, spread, grace --------------------------------------------------------
@@ -247,19 +348,32 @@ def test_topology_spread_selects_the_component_pods(default_objs: list) -> None:
             assert c["labelSelector"]["matchLabels"].items() <= labels.items()
 
 
-def test_grace_period_outlasts_prestop_and_drain(scenario: tuple) -> None:
+# Seconds a process may take to exit after its drain's deadline (cai.shutdownMarginSeconds).
+EXIT_MARGIN = 5
+
+
+def test_grace_period_outlasts_prestop_drain_and_exit(scenario: tuple) -> None:
+    """SHUTDOWN_GRACE_SECONDS is the whole drain (one deadline), so this sum bounds the stop."""
     _, _, objs = scenario
     for name in SERVICES:
         pod = chartcheck.pod_spec(one(objs, "Deployment", f"cai-{name}"))
         (c,) = pod["containers"]
         drain = float(env_of(c)["SHUTDOWN_GRACE_SECONDS"])
         pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
-        assert pod["terminationGracePeriodSeconds"] > pre_stop + drain, name
+        assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + EXIT_MARGIN, name
 
 
-def test_a_grace_period_shorter_than_the_drain_is_refused() -> None:
+@pytest.mark.parametrize("grace", [30, 35, 39])
+def test_a_grace_period_without_room_for_the_drain_is_refused(grace: int) -> None:
+    """preStop 5 + drain 30 + margin 5 = 40: anything shorter is refused, 40 is accepted."""
     with pytest.raises(Exception, match="terminationGracePeriodSeconds"):
-        chartcheck.render({"orchestrator": {"terminationGracePeriodSeconds": 30}})
+        chartcheck.render({"orchestrator": {"terminationGracePeriodSeconds": grace}})
+
+
+def test_a_grace_period_with_room_for_the_drain_is_accepted() -> None:
+    objs = render({"orchestrator": {"terminationGracePeriodSeconds": 40}})
+    pod = chartcheck.pod_spec(one(objs, "Deployment", "cai-orchestrator"))
+    assert pod["terminationGracePeriodSeconds"] == 40
 
 
 # --- network policy ---------------------------------------------------------------------------

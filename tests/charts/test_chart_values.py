@@ -134,7 +134,16 @@ BAD_VALUES = [
     ({"redis": {"mode": "external"}}, "/redis/external/url"),
     ({"redis": {"external": {"url": "http://redis:6379"}}}, "/redis/external/url"),
     ({"qdrant": {"mode": "external"}}, "/qdrant/external/url"),
-    ({"orchestrator": {"keda": {"lagCount": 0}}}, "/orchestrator/keda/lagCount"),
+    ({"orchestrator": {"keda": {"lagCount": 10}}}, "additional properties 'lagCount'"),
+    ({"orchestrator": {"keda": {"minReplicaCount": 0}}}, "/orchestrator/keda/minReplicaCount"),
+    ({"orchestrator": {"keda": {"targetLoad": 0}}}, "/orchestrator/keda/targetLoad"),
+    ({"orchestrator": {"keda": {"targetLoad": 1.5}}}, "/orchestrator/keda/targetLoad"),
+    ({"orchestrator": {"keda": {"fallback": {"replicas": 0}}}}, "/orchestrator/keda/fallback"),
+    ({"orchestrator": {"keda": {"behavior": {"scaleDown": None}}}}, "/orchestrator/keda/behavior"),
+    (
+        {"orchestrator": {"autoscaling": {"targetStreamsPerPod": 10}}},
+        "additional properties 'targetStreamsPerPod'",
+    ),
     ({"assistants": [{"name": "No id", "model": "m"}]}, "/assistants/0"),
     ({"assistants": [{"id": "x", "name": "X", "model": "m", "temperature": 3}]}, "temperature"),
     ({"assistants": []}, "/assistants"),
@@ -183,5 +192,5 @@ def test_template_guards_catch_what_the_schema_cannot() -> None:
         )
     with pytest.raises(Exception, match="minReplicas must not exceed"):
         chartcheck.render({"gateway": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}})
-    with pytest.raises(Exception, match="needs targetCPUUtilizationPercentage"):
+    with pytest.raises(Exception, match="needs a target"):
         chartcheck.render({"retriever": {"autoscaling": {"targetCPUUtilizationPercentage": 0}}})

@@ -48,6 +48,16 @@ spec:
   minReplicas: {{ $v.autoscaling.minReplicas }}
   maxReplicas: {{ $v.autoscaling.maxReplicas }}
   metrics:
+    {{- if $v.autoscaling.targetStreamsPerPod }}
+    # Open SSE streams per pod, served by a custom-metrics API (prometheus-adapter).
+    - type: Pods
+      pods:
+        metric:
+          name: cai_sse_streams_in_flight
+        target:
+          type: AverageValue
+          averageValue: {{ $v.autoscaling.targetStreamsPerPod | quote }}
+    {{- end }}
     {{- if $v.autoscaling.targetCPUUtilizationPercentage }}
     - type: Resource
       resource:

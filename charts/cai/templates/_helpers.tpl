@@ -137,6 +137,39 @@ Call with (dict "root" $ "name" "<secret name>" "key" "<key>" "length" 32).
 {{- if contains ":" $u.host }}{{ $u.host }}{{ else }}{{ printf "%s:6379" $u.host }}{{ end }}
 {{- end }}
 {{- end }}
+{{/* Redis database index of the URL the services use ("0" for the in-chart Redis). */}}
+{{- define "cai.redisDatabase" -}}
+{{- if eq .Values.redis.mode "internal" }}0
+{{- else }}
+{{- $db := trimPrefix "/" (urlParse .Values.redis.external.url).path }}
+{{- $db | default "0" }}
+{{- end }}
+{{- end }}
+{{/* Redis username of the external URL (empty: none, or it comes from the Secret). */}}
+{{- define "cai.redisUsername" -}}
+{{- if eq .Values.redis.mode "external" }}
+{{- $u := urlParse .Values.redis.external.url }}
+{{- if $u.userinfo }}{{ splitList ":" $u.userinfo | first }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The KEDA redis-streams metadata both orchestrator triggers share: where the queue is. */}}
+{{- define "cai.kedaRedisMetadata" -}}
+address: {{ include "cai.redisHostPort" . | quote }}
+stream: {{ .Values.orchestrator.keda.stream | quote }}
+consumerGroup: {{ .Values.orchestrator.keda.consumerGroup | quote }}
+databaseIndex: {{ include "cai.redisDatabase" . | quote }}
+enableTLS: {{ include "cai.redisTLS" . | quote }}
+{{- $user := include "cai.redisUsername" . }}
+{{- if and $user (not .Values.redis.external.existingSecretUsernameKey) }}
+username: {{ $user | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Runs per orchestrator pod KEDA aims for: targetLoad x maxConcurrentRuns, at least 1. */}}
+{{- define "cai.kedaTargetRuns" -}}
+{{- max 1 (floor (mulf .Values.orchestrator.keda.targetLoad .Values.orchestrator.maxConcurrentRuns) | int) }}
+{{- end }}
 {{- define "cai.redisTLS" -}}
 {{- if and (eq .Values.redis.mode "external") (hasPrefix "rediss://" .Values.redis.external.url) }}true{{ else }}false{{ end }}
 {{- end }}
@@ -247,11 +280,17 @@ priorityClassName: {{ . }}
 {{- end }}
 {{- end }}
 
-{{/* Grace-period guard: the pod must outlive preStop + the service's own drain. */}}
+{{/*
+Grace-period guard: the pod must outlive preStop + the service's whole drain (one deadline,
+SHUTDOWN_GRACE_SECONDS, for finishing work, handing it back and closing streams) + a margin
+for the process to exit after that deadline.
+*/}}
+{{- define "cai.shutdownMarginSeconds" -}}5{{- end }}
 {{- define "cai.checkGrace" -}}
 {{- $v := index .root.Values .component }}
-{{- if le (int $v.terminationGracePeriodSeconds) (add $v.preStopSleepSeconds $v.shutdownGraceSeconds | int) }}
-{{- fail (printf "%s.terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds + shutdownGraceSeconds (%v)" .component $v.terminationGracePeriodSeconds (add $v.preStopSleepSeconds $v.shutdownGraceSeconds)) }}
+{{- $need := add (ceil $v.preStopSleepSeconds | int) (ceil $v.shutdownGraceSeconds | int) (include "cai.shutdownMarginSeconds" . | int) }}
+{{- if lt (int $v.terminationGracePeriodSeconds) $need }}
+{{- fail (printf "%s.terminationGracePeriodSeconds (%v) must be at least preStopSleepSeconds + shutdownGraceSeconds + %s (%v)" .component $v.terminationGracePeriodSeconds (include "cai.shutdownMarginSeconds" .) $need) }}
 {{- end }}
 {{- end }}
 
@@ -269,6 +308,9 @@ priorityClassName: {{ . }}
 {{- if and .Values.orchestrator.keda.enabled .Values.orchestrator.autoscaling.enabled }}
 {{- fail "orchestrator.keda.enabled and orchestrator.autoscaling.enabled are mutually exclusive: KEDA manages its own HPA. Set orchestrator.autoscaling.enabled=false." }}
 {{- end }}
+{{- if and .Values.orchestrator.keda.enabled (lt (int .Values.orchestrator.keda.minReplicaCount) 1) }}
+{{- fail "orchestrator.keda.minReplicaCount must be at least 1: runs are enqueued through a running orchestrator, so nothing could wake the deployment from zero" }}
+{{- end }}
 {{- if gt (int .Values.orchestrator.keda.minReplicaCount) (int .Values.orchestrator.keda.maxReplicaCount) }}
 {{- fail "orchestrator.keda.minReplicaCount must not exceed orchestrator.keda.maxReplicaCount" }}
 {{- end }}
@@ -277,8 +319,8 @@ priorityClassName: {{ . }}
 {{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) }}
 {{- fail (printf "%s.autoscaling.minReplicas must not exceed maxReplicas" $c) }}
 {{- end }}
-{{- if and $a.enabled (not $a.targetCPUUtilizationPercentage) (not $a.targetMemoryUtilizationPercentage) }}
-{{- fail (printf "%s.autoscaling needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" $c) }}
+{{- if and $a.enabled (not $a.targetCPUUtilizationPercentage) (not $a.targetMemoryUtilizationPercentage) (not $a.targetStreamsPerPod) }}
+{{- fail (printf "%s.autoscaling needs a target: targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage%s" $c (ternary " or targetStreamsPerPod" "" (eq $c "gateway"))) }}
 {{- end }}
 {{- include "cai.checkGrace" (dict "root" $ "component" $c) }}
 {{- end }}
