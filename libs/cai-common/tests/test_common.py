@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -47,6 +48,31 @@ async def test_health_tells_the_truth_and_liveness_does_not_follow_readiness() -
             assert exc.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await channel.close()
+
+
+async def test_run_stops_the_server_in_what_the_drain_left_of_one_deadline() -> None:
+    """`on_stop` and the server's stop share `grace_s`: the stop gets only what is left."""
+    service = GrpcService("test", 0, "127.0.0.1")
+    await service.start()
+    loop = asyncio.get_running_loop()
+    seen: dict[str, float] = {}
+    stop_graces: list[float] = []
+    real_stop = service.stop
+
+    async def drain(deadline: float) -> None:
+        seen["deadline_in"] = deadline - loop.time()
+        await asyncio.sleep(0.3)
+
+    async def stop(grace_s: float) -> None:
+        stop_graces.append(grace_s)
+        await real_stop(grace_s)
+
+    service.stop = stop  # type: ignore[method-assign]
+    service.stopping.set()
+    await service.run(grace_s=1.0, on_stop=drain)
+    assert 0.9 < seen["deadline_in"] <= 1.0
+    (grace,) = stop_graces
+    assert 0.5 < grace <= 0.7
 
 
 def test_json_logs_carry_bound_ids() -> None:

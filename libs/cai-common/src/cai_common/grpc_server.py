@@ -235,13 +235,17 @@ class GrpcService:
     async def run(
         self,
         grace_s: float,
-        on_stop: Callable[[], Awaitable[None]] | None = None,
+        on_stop: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
-        """Serve until `stopping` is set, then: NOT_SERVING, `on_stop` (drain work), stop(grace)."""
+        """Serve until `stopping` is set, then drain within one deadline `grace_s` away:
+        NOT_SERVING, `on_stop(deadline)` (drain work; `deadline` on the event loop's clock), then
+        stop the server in what is left, so the whole shutdown fits `grace_s`."""
         await self.stopping.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
         log.info("shutting down", extra={"grace_s": grace_s, "server": self.name})
         await self.health.enter_graceful_shutdown()
         if on_stop is not None:
-            await on_stop()
-        await self.stop(grace_s)
+            await on_stop(deadline)
+        await self.stop(max(deadline - loop.time(), 0.0))
         log.info("stopped", extra={"server": self.name})

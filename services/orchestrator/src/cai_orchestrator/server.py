@@ -30,6 +30,16 @@ from cai_orchestrator.worker import Worker
 
 log = logging.getLogger(__name__)
 
+# Most of the shutdown grace kept back from the runs (cancelling a run, one XADD per run, the
+# gRPC server's stop): enough for hundreds of runs.
+HANDBACK_RESERVE_S = 5.0
+
+
+def handback_reserve(grace_s: float) -> float:
+    """Seconds of the shutdown grace kept for handing runs back, ending relays and stopping the
+    server; runs get the rest to finish. A quarter, at most HANDBACK_RESERVE_S."""
+    return min(HANDBACK_RESERVE_S, grace_s / 4)
+
 
 async def _sample_queue(queue: RunQueue, interval_s: float = 5.0) -> None:
     """Keep the queue gauges current (the KEDA trigger reads the same lag from Redis)."""
@@ -112,12 +122,21 @@ async def serve(settings: Settings) -> None:
         )
         sampler = asyncio.create_task(_sample_queue(engine.queue))
 
-        async def drain() -> None:
+        async def drain(deadline: float) -> None:
+            """Within the one shutdown deadline: let runs finish, hand the rest back, then end
+            the relays (their clients reconnect elsewhere and follow the handed-back runs)."""
             health.cancel()
             if board is not None:
                 board.set(False)
             sampler.cancel()
-            await engine.worker.shutdown(settings.shutdown_grace_seconds)
+            loop = asyncio.get_running_loop()
+            reserve = handback_reserve(settings.shutdown_grace_seconds)
+            await engine.worker.shutdown(
+                grace_s=max(deadline - reserve - loop.time(), 0.0),
+                handback_s=max(deadline - loop.time(), 0.0),
+            )
+            relays = servicer.end_relays()
+            log.info("ended relays", extra={"relays": relays})
 
         try:
             await service.run(settings.shutdown_grace_seconds, drain)

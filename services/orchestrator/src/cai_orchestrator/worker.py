@@ -220,8 +220,11 @@ class Worker:
             running.task.cancel()
         return True
 
-    async def shutdown(self, grace_s: float) -> None:
-        """Stop taking jobs, let runs finish within `grace_s`, then hand the rest back."""
+    async def shutdown(self, grace_s: float, handback_s: float | None = None) -> None:
+        """Stop taking jobs, let runs finish within `grace_s`, then hand the rest back, all
+        within `handback_s` (default `grace_s`) of now: the caller's whole budget."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(grace_s, handback_s or 0.0)
         self._accepting = False
         for loop_task in self._loops:
             loop_task.cancel()
@@ -234,14 +237,20 @@ class Worker:
         leftover = list(self.running.values())
         for r in leftover:
             r.task.cancel()
-        for r in leftover:
-            with contextlib.suppress(asyncio.CancelledError):
-                await r.task
-            # A fresh queue entry that any replica takes now, not a pending one that waits for
-            # the lease to lapse.
-            with contextlib.suppress(RedisError):
-                await self.queue.hand_back(r.job)
-            log.info("handed run back", extra={"run_id": r.job.ref.run_id})
+        if leftover:
+            # Cancelled runs unwind (their checkpoints stay); one that will not, in the time
+            # left, is handed back anyway: its lease fences its late writes.
+            await asyncio.wait(
+                [r.task for r in leftover], timeout=max(deadline - loop.time(), 0.0) / 2
+            )
+        # A fresh queue entry that any replica takes now, not a pending one that waits for
+        # the lease to lapse.
+        await asyncio.gather(*(self._hand_back(r.job) for r in leftover))
+
+    async def _hand_back(self, job: Job) -> None:
+        with contextlib.suppress(RedisError):
+            await self.queue.hand_back(job)
+            log.info("handed run back", extra={"run_id": job.ref.run_id})
 
 
 class Reclaimer:

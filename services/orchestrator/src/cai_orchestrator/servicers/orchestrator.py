@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,6 +46,8 @@ _STORE_CODES = {
     "aborted": grpc.StatusCode.ABORTED,
 }
 CANCEL_WAIT_S = 60.0
+# Why a relay ends on drain; the gateway ends its SSE response and the client reconnects.
+DRAINING = "Orchestrator shutting down; reconnect with Last-Event-ID"
 # POST /runs/cancel's `status`: the run statuses it reaches.
 BULK_CANCEL_STATUSES = {
     PENDING: {PENDING},
@@ -111,6 +114,18 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         self.runs = runs
         self.assistants = assistants
         self.graph = graph
+        # StreamRun relays open now (their handler tasks), ended by `end_relays` on drain.
+        self._relays: set[asyncio.Task[Any]] = set()
+        self._draining = False
+
+    def end_relays(self) -> int:
+        """End every open StreamRun with UNAVAILABLE, so its gateway's client reconnects (with
+        Last-Event-ID) through a replica that stays; new ones are refused the same way. The
+        runs go on: their events are in Redis, readable by any replica. How many were open."""
+        self._draining = True
+        for task in self._relays:
+            task.cancel()
+        return len(self._relays)
 
     @functools.cached_property
     def _schemas(self) -> dict[str, Any]:
@@ -242,6 +257,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             return
         if stream is None:
             return  # ended long ago; its log has expired
+        relay = asyncio.current_task()
+        assert relay is not None
+        ended_by_drain = self._draining
+        if ended_by_drain:
+            await stream.close(cancel_unfinished=request.cancel_on_disconnect)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
+        self._relays.add(relay)
         try:
             yield pb.StreamRunReply()  # accepted: the gateway may start its response now
             async for batch in stream.batches():
@@ -249,8 +271,18 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                 yield pb.StreamRunReply() if batch is None else run_events(batch)
         except SubscriptionFailed as exc:
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        except asyncio.CancelledError:
+            if not self._draining:
+                raise  # the client left
+            relay.uncancel()  # handled: what follows may await (and time out) normally
+            ended_by_drain = True
         finally:
+            self._relays.discard(relay)
+            # Ended by the drain, a cancel-on-disconnect run's cancel is parked, not done: the
+            # client re-joins through another replica within REATTACH_GRACE_SECONDS.
             await stream.close(cancel_unfinished=request.cancel_on_disconnect)
+        if ended_by_drain:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
 
     @unary
     async def CancelRun(self, request: pb.CancelRunRequest, context: Any) -> pb.JsonReply:
