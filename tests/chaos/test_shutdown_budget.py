@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import grpc
 import httpx
+import orjson
 import pytest
 
 from cai.v1 import common_pb2
@@ -26,7 +27,7 @@ from cai_common.runs import END
 from cai_devstack.fixtures import running_stack
 from cai_devstack.stack import Stack
 from cai_orchestrator.server import handback_reserve
-from tests.chaos.conftest import follow_to_end, question
+from tests.chaos.conftest import follow_to_end, question, read_events
 from tests.chaos.test_chaos import executor_proc, log_records, restart
 
 GRACE_S = 3.0  # SHUTDOWN_GRACE_SECONDS
@@ -132,3 +133,66 @@ async def test_sigterm_drains_hands_back_and_ends_relays_within_the_grace(budget
     assert final["status"] == "success" and final["attempt"] == 2, final
     assert executor_proc(budget, final) not in ("", victim)
     restart(budget, victim)
+
+
+async def test_relays_ended_by_a_drain_are_resumed_and_waits_go_on(budget: Stack) -> None:
+    """A relay ended by a drain (UNAVAILABLE) is the orchestrator going away: a LangGraph SSE
+    response ends without a terminal event and its client resumes with Last-Event-ID (as
+    langgraph-sdk does), losing nothing; a wait (`/runs/wait`, whose client cannot resume) is
+    reopened by the gateway on another replica and answers once the run is done."""
+    base = budget.gateway_url()
+    victim = "orchestrator"
+    ended_before = len(_records(budget, victim, "ended relays"))
+    streams: list[tuple[str, list[tuple[str, str, str]]]] = []
+    waits: list[httpx.Response] = []
+
+    async def stream(opened: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            tid = (await http.post("/threads", json={})).json()["thread_id"]
+            events: list[tuple[str, str, str]] = []
+            body = {"assistant_id": "slow", "input": question(), "stream_mode": "updates"}
+            _, headers = await read_events(
+                http, "POST", f"/threads/{tid}/runs/stream", json=body,
+                on_event=lambda e: (events.append(e), opened.set()),
+            )  # fmt: skip
+            streams.append((headers["content-location"], events))
+
+    async def wait(opened: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            tid = (await http.post("/threads", json={})).json()["thread_id"]
+            body = {"assistant_id": "slow", "input": question()}
+            reply = http.post(f"/threads/{tid}/runs/wait", json=body)
+            task = asyncio.ensure_future(reply)
+            await asyncio.sleep(1.0)
+            opened.set()
+            waits.append(await task)
+
+    # The gateway balances StreamRun calls over both replicas: several put relays on each.
+    opened = [asyncio.Event() for _ in range(6)]
+    readers = [asyncio.create_task(stream(o)) for o in opened[:3]]
+    readers += [asyncio.create_task(wait(o)) for o in opened[3:]]
+    await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), timeout=30)
+    popen = budget.procs[victim].popen
+    assert popen is not None
+    budget.procs[victim].signal(signal.SIGTERM)
+    assert await asyncio.to_thread(popen.wait, GRACE_S + 30) == 0
+    await asyncio.wait_for(asyncio.gather(*readers), timeout=60)
+
+    ended = [r["relays"] for r in _records(budget, victim, "ended relays")[ended_before:]]
+    assert ended and ended[-1], "no relay was on the draining replica: the test proved nothing"
+    for path, events in streams:
+        events = await follow_to_end([base], path, events)
+        ids = [event_id for event_id, _, _ in events]
+        order = sorted(set(ids), key=lambda i: tuple(int(p) for p in i.split("-")))
+        assert ids == order, "an event lost order or came twice"
+        assert [name for _, name, _ in events].count(END) == 1
+    for reply in waits:
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["messages"][-1]["type"] == "ai"
+    restart(budget, victim)
+
+
+def _records(stack: Stack, name: str, message: str) -> list[dict[str, object]]:
+    lines = (stack.config.run_dir / "logs" / f"{name}.log").read_text().splitlines()
+    records = [orjson.loads(line) for line in lines if line.startswith("{")]
+    return [r for r in records if r.get("message") == message]
