@@ -209,6 +209,7 @@ def test_keda_scales_on_queued_plus_executing_runs_per_pod(production_objs: list
     triggers = _triggers(scaled)
     assert set(triggers) == {"queued", "inflight"}
     assert {t["type"] for t in triggers.values()} == {"redis-streams"}
+    assert {t["metricType"] for t in triggers.values()} == {"AverageValue"}  # for the fallback
     assert "lagCount" in triggers["queued"]["metadata"]
     assert "pendingEntriesCount" in triggers["inflight"]["metadata"]
     modifiers = scaled["spec"]["advanced"]["scalingModifiers"]
