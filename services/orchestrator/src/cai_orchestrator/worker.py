@@ -238,8 +238,9 @@ class Worker:
         for r in leftover:
             r.task.cancel()
         if leftover:
-            # Cancelled runs unwind (their checkpoints stay); one that will not, in the time
-            # left, is handed back anyway: its lease fences its late writes.
+            # Cancelled runs unwind (their checkpoints stay) and release their leases. One that
+            # has not in half the time left is handed back anyway: a replica that takes it while
+            # the lease is held leaves the entry pending, reclaimed once the lease lapses.
             await asyncio.wait(
                 [r.task for r in leftover], timeout=max(deadline - loop.time(), 0.0) / 2
             )
