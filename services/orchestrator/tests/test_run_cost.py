@@ -181,5 +181,7 @@ async def test_the_redis_checkpointer_costs_few_commands_per_run(
         cluster = Cluster(private_redis, Gate(), saver, assistants=assistants)  # type: ignore[arg-type]
         cluster.gate.opened.set()
         cost = await streamed_runs(cluster, durability, RUNS, private_redis)
-    assert cost["checkpointer"] <= CHECKPOINTER_PER_RUN[durability], cost
+    # One command per run of slack: with `async` a run's last checkpoint write may still be in
+    # flight when the next run (or the recording) starts, so a window sees 26 or 26.5 per run.
+    assert cost["checkpointer"] <= CHECKPOINTER_PER_RUN[durability] + 1, cost
     assert cost["bookkeeping"] <= BOOKKEEPING_PER_RUN, cost
