@@ -19,6 +19,7 @@ from cai_orchestrator.lease import Leases
 from cai_orchestrator.queue import RunQueue
 from cai_orchestrator.reattach import PendingCancels
 from cai_orchestrator.runs import RunService
+from cai_orchestrator.scheduler import Quota, Scheduler
 from cai_orchestrator.state import ThreadState
 from cai_orchestrator.store import RunStore
 from cai_orchestrator.tailer import LogTailer
@@ -71,6 +72,7 @@ class Engine:
         )
         tailer = LogTailer(tail_redis, redis, s.replica_id, block_ms=TAIL_BLOCK_MS)
         state = ThreadState(graph)
+        scheduler = Scheduler(redis, s.quota_retry_after_seconds, s.quota_repair_interval_seconds)
         pending_cancels = PendingCancels(redis, s.reattach_grace_seconds)
         runs = RunService(
             store,
@@ -82,9 +84,11 @@ class Engine:
             s.stream_heartbeat_seconds,
             s.max_thread_state_bytes,
             pending_cancels,
+            scheduler,
+            Quota(s.default_tier, s.tenant_max_running_runs, s.tenant_max_queued_runs),
         )
         threads = ThreadService(store, state, runs, s.max_thread_state_bytes)
-        executor = RunExecutor(s, store, queue, state, graph, assistants, bus)
+        executor = RunExecutor(s, store, queue, state, graph, assistants, bus, scheduler)
         leases = Leases(redis, s.replica_id, s.lease_seconds)
         worker = Worker(s, runs, executor, leases, logs, state)
         return cls(store, queue, bus, batcher, tailer, runs, threads, worker)

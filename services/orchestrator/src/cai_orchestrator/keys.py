@@ -142,6 +142,17 @@ def tenant_unfinished_runs(tenant: str) -> str:
     return "cai:tenant:" + tenant + ":unfinished"
 
 
+def tenant_admitted(tenant: str) -> str:
+    """Sorted set: the tenant's admitted runs that have not ended (`thread\nrun`, score = when
+    admitted), counted against its quotas (scheduler.py). Not in any thread's slot."""
+    return "cai:sched:tenant:" + tenant + ":admitted"
+
+
+def tenant_repair(tenant: str) -> str:
+    """String with TTL: a repair of the tenant's admitted runs ran recently (scheduler.py)."""
+    return "cai:sched:tenant:" + tenant + ":repair"
+
+
 def run_thread(tenant: str, run_id: str) -> str:
     """String: the thread of a run on a real thread, for callers that know only the run id.
 

@@ -245,3 +245,18 @@ ACK_JOB = """
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 return redis.call('XDEL', KEYS[1], ARGV[2])
 """
+
+# Admit a run under its tenant's quota (scheduler.py). KEYS: the tenant's admitted runs (sorted
+# set). ARGV: member (thread \n run), now, limit. Returns {admitted 0|1, runs counted}.
+# Admitting a member twice (a retried create) counts it once.
+ADMIT_RUN = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return {1, redis.call('ZCARD', KEYS[1])}
+end
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[3]) then
+  return {0, n}
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return {1, n + 1}
+"""
