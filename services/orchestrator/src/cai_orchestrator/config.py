@@ -61,6 +61,10 @@ class Settings(GrpcServerSettings):
     tenant_max_running_runs: int = Field(default=50, ge=1)
     tenant_max_queued_runs: int = Field(default=1000, ge=0)
     quota_retry_after_seconds: int = Field(default=5, ge=1)
+    # Fair dispatch: backlogged tenants share run slots in proportion to their tier's weight.
+    weight_premium: float = Field(default=4.0, gt=0)
+    weight_standard: float = Field(default=2.0, gt=0)
+    weight_batch: float = Field(default=1.0, gt=0)
     # How often (at most) a tenant at its quota has its admitted runs checked for leaks.
     quota_repair_interval_seconds: float = 5.0
     # How long a worker's lease lives without a heartbeat; a dead worker's runs are reclaimed after.

@@ -19,7 +19,7 @@ from cai_orchestrator.lease import Leases
 from cai_orchestrator.queue import RunQueue
 from cai_orchestrator.reattach import PendingCancels
 from cai_orchestrator.runs import RunService
-from cai_orchestrator.scheduler import Quota, Scheduler
+from cai_orchestrator.scheduler import FairQueue, Quota, Scheduler
 from cai_orchestrator.state import ThreadState
 from cai_orchestrator.store import RunStore
 from cai_orchestrator.tailer import LogTailer
@@ -60,7 +60,12 @@ class Engine:
             runs_per_thread=s.runs_per_thread_index,
             thread_ttl_s=s.thread_ttl_seconds,
         )
-        queue = RunQueue(redis, s.replica_id)
+        weights = {
+            "premium": s.weight_premium,
+            "standard": s.weight_standard,
+            "batch": s.weight_batch,
+        }
+        queue = RunQueue(redis, s.replica_id, FairQueue(redis, weights, s.default_tier))
         bus = CancelBus(redis, pubsub_redis)
         batcher = EventBatcher(redis)  # every run's events, one pipeline at a time
         logs = EventLogs(

@@ -235,8 +235,8 @@ class RunExecutor:
         )
         if self.scheduler is not None:  # a second step: the quota is not the thread's slot
             await self.scheduler.release(run.ref)
-        if nxt is not None:
-            await self.queue.append(RunRef(run.tenant, run.thread_id, nxt[0]), nxt[1])
+        if nxt is not None:  # (the thread's next run: the same tenant, so the same tier)
+            await self.queue.append(RunRef(run.tenant, run.thread_id, nxt[0]), nxt[1], run.tier)
 
     async def queue_successor(self, ref: RunRef) -> None:
         """A finished run's worker may have died before queueing the thread's next run."""

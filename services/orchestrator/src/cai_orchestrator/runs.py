@@ -115,7 +115,7 @@ class RunService:
             return run
         metrics.RUNS_ADMITTED.labels(quota.tier).inc()
         if created.dispatched:
-            await self.queue.append(run.ref, dumps(run.trace))
+            await self.queue.append(run.ref, dumps(run.trace), run.tier)
         else:
             await self.queue.forget_intent(run.ref)
         if created.interrupts:
@@ -163,7 +163,7 @@ class RunService:
                 log.warning(
                     "re-queueing a run whose dispatch was lost", extra={"run_id": ref.run_id}
                 )
-                await self.queue.append(ref, dumps(run.trace))
+                await self.queue.append(ref, dumps(run.trace), run.tier)
                 requeued += 1
                 continue
             await self.queue.forget_intent(ref)
@@ -185,7 +185,7 @@ class RunService:
             where["waiting_for_thread"] = True
             where["position"] = parked
             return where
-        position = await self.queue.position(run.run_id)
+        position = await self.queue.position(run.ref)
         if position is not None:
             where["position"] = position
         return where
