@@ -110,6 +110,18 @@ async def test_an_idempotent_retry_counts_once(cluster: Cluster) -> None:
     assert await admitted(a, cluster.tenant) == 1
 
 
+async def test_a_retry_of_a_stateless_run_that_ended_does_not_count(cluster: Cluster) -> None:
+    a = cluster.replica("a")
+    await a.start()
+    cluster.gate.opened.set()
+    first = await a.engine.runs.create(cluster.new_run(idempotency_key="done", **quota(1, 1)))
+    await eventually(lambda: ended(cluster, a, [first]))
+    await eventually(lambda: none_admitted(a, cluster.tenant))
+    again = await a.engine.runs.create(cluster.new_run(idempotency_key="done", **quota(1, 1)))
+    assert again.run_id == first.run_id and again.status == "success"
+    assert await admitted(a, cluster.tenant) == 0
+
+
 async def test_runs_that_ended_without_release_are_dropped_at_the_quota(
     cluster: Cluster,
 ) -> None:

@@ -110,7 +110,8 @@ class RunService:
             raise
         run = created.run
         if created.existed:
-            if run.run_id != run_id:  # the earlier run is counted already
+            # The earlier run is counted already, or (the same stateless run) has ended.
+            if run.run_id != run_id or run.status in TERMINAL_STATUSES:
                 await self._release(admitted)
             return run
         metrics.RUNS_ADMITTED.labels(quota.tier).inc()
