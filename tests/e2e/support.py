@@ -53,6 +53,7 @@ class Keys:
     limited: str = "limited-key-0123456789abcd"  # tenant-l: 2 requests/s, bursts of 3
     one_stream: str = "one-stream-key-0123456789"  # tenant-s: one stream at a time
     fuzz: str = "fuzz-key-0123456789abcdefgh"  # tenant-f: schemathesis's
+    quota: str = "quota-key-0123456789abcdef"  # tenant-q: batch tier, 1 running + 1 queued run
 
 
 KEYS = Keys()
@@ -75,6 +76,12 @@ keys:
     sha256: "{hash_key(keys.one_stream)}"
     max_concurrent_streams: 1
   - {{id: fuzz, tenant: tenant-f, sha256: "{hash_key(keys.fuzz)}"}}
+  - id: quota
+    tenant: tenant-q
+    sha256: "{hash_key(keys.quota)}"
+    tier: batch
+    max_running_runs: 1
+    max_queued_runs: 1
 """
 
 

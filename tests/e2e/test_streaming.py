@@ -203,7 +203,7 @@ async def test_orchestrator_metrics_describe_the_runs(stack: Stack, gateway: str
     while (samples := scrape())["cai_runs_in_flight"] != 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert samples['cai_run_duration_seconds_count{status="success"}'] >= 1
-    assert samples["cai_queue_wait_seconds_count"] >= 1
+    assert samples['cai_queue_wait_seconds_count{tier="standard"}'] >= 1
     assert samples['cai_time_to_first_token_seconds_count{where="model"}'] >= 1
     assert samples['cai_tokens_total{direction="out"}'] >= REPLY_TOKENS
     assert samples["cai_runs_in_flight"] == 0

@@ -235,6 +235,23 @@ def test_from_rpc_error_keeps_client_error_details() -> None:
     assert (problem.status, problem.detail) == (422, "limit must be 1..1000")
 
 
+def test_a_quota_refusal_is_429_with_retry_after_and_a_size_limit_413() -> None:
+    quota = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(("retry-after", "5")),
+        "Too many runs",
+    )
+    problem = from_rpc_error(quota)
+    assert (problem.status, problem.headers, problem.extra) == (
+        429,
+        {"Retry-After": "5"},
+        {"retry_after": 5},
+    )
+    too_large = from_rpc_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "state too large"))
+    assert too_large.status == 413
+
+
 async def test_validation_errors_and_unknown_routes_are_problems(make_app: AppFactory) -> None:
     _, http, _ = await make_app()
     headers = {"X-Api-Key": KEY_A}

@@ -154,3 +154,23 @@ async def test_keyring_without_a_file_knows_no_keys() -> None:
     ring.load()
     await ring.refresh()
     assert not ring.configured and ring.authenticate(ALPHA) is None
+
+
+def test_parse_keys_reads_tier_and_run_quotas() -> None:
+    text = (
+        f'keys:\n  - {{id: a, tenant: t, sha256: "{hash_key(ALPHA)}", '
+        "tier: premium, max_running_runs: 3, max_queued_runs: 7}\n"
+        f'  - {{id: b, tenant: t, sha256: "{hash_key(BETA)}"}}\n'
+    )
+    a, b = parse_keys(text)
+    assert (a.tier, a.max_running_runs, a.max_queued_runs) == ("premium", 3, 7)
+    assert (b.tier, b.max_running_runs, b.max_queued_runs) == ("standard", None, None)
+
+
+@pytest.mark.parametrize(
+    "field", ["tier: gold", "max_running_runs: 0", "max_queued_runs: 0", "max_queued_runs: -1"]
+)
+def test_a_bad_tier_or_quota_names_the_field(field: str) -> None:
+    text = f'keys:\n  - {{id: a, tenant: t, sha256: "{hash_key(ALPHA)}", {field}}}\n'
+    with pytest.raises(KeysFileError, match=field.split(":")[0]):
+        parse_keys(text)

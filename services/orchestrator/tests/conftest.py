@@ -20,6 +20,14 @@ from engine_support import Cluster, Gate  # noqa: E402
 async def cluster(redis_url: str) -> AsyncIterator[Cluster]:
     admin = Redis.from_url(redis_url)
     await admin.delete(keys.QUEUE, keys.DISPATCHING)  # no other test's jobs
+    sched = [
+        k
+        async for k in admin.scan_iter(
+            match=keys.SCHED.replace("{", "\\{").replace("}", "\\}") + "*"
+        )
+    ]
+    if sched:
+        await admin.delete(*sched)
     c = Cluster(redis_url, Gate(), InMemorySaver())
     yield c
     c.gate.opened.set()

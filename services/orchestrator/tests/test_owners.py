@@ -76,9 +76,9 @@ async def test_queue_position_counts_only_undelivered_jobs(redis: Redis) -> None
     refs = [ref() for _ in range(3)]
     for r in refs:
         await q.append(r, b"{}")
-    assert [await q.position(r.run_id) for r in refs] == [1, 2, 3]
+    assert [await q.position(r) for r in refs] == [1, 2, 3]
     await q.take(1, block_ms=100)
-    assert [await q.position(r.run_id) for r in refs] == [None, 1, 2]
+    assert [await q.position(r) for r in refs] == [None, 1, 2]
 
 
 async def test_overdue_intents_name_the_runs_to_check(redis: Redis) -> None:

@@ -34,8 +34,13 @@ from cai_orchestrator.checkpoint import open_checkpointer
 
 RUNS = 8
 # The run engine's commands per streamed run (bookkeeping, see above), and inside its scripts.
-BOOKKEEPING_PER_RUN = 15
-IN_SCRIPTS_PER_RUN = 33
+# Issue 16 added seven. Tenant quotas, two: the admission script before the record (ZSCORE,
+# ZCARD, ZADD inside it) and the release (ZREM) after the terminal event. Fair dispatch, five:
+# the append goes to the tenant's list (a script), the create reads the stream's lag (XINFO
+# GROUPS) and, with nothing undelivered, moves the fairest run into the stream (a script, then
+# XADD as before plus the ZREM that ends its feeding); ~17 commands inside those scripts.
+BOOKKEEPING_PER_RUN = 22
+IN_SCRIPTS_PER_RUN = 53
 # The Redis checkpointer's commands per run of the one-step test graph, by durability mode.
 CHECKPOINTER_PER_RUN = {"exit": 6, "async": 26, "sync": 26}
 
@@ -44,7 +49,8 @@ _LINE = re.compile(rb"^[\d.]+ \[\d+ ([^\]]*)\] (.*)$", re.S)
 _LIFECYCLE = {e.encode() for e in (METADATA, RETRY, *TERMINAL_EVENTS)}
 _SET_UP = {b"HELLO", b"CLIENT", b"AUTH", b"SELECT", b"PING"}
 _CLOCKED = {(b"XPENDING", b"cai:runs:queue")} | {
-    (b"ZRANGEBYSCORE", key) for key in (b"cai:runs:dispatching", b"cai:runs:reattach")
+    (b"ZRANGEBYSCORE", key)
+    for key in (b"cai:runs:dispatching", b"cai:runs:reattach", b"cai:{sched}:feeding")
 }
 
 

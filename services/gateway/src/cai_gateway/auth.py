@@ -10,6 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import yaml
@@ -38,6 +39,11 @@ class KeyEntry(BaseModel):
     rate_limit_burst: int | None = Field(default=None, ge=1)
     # At least 1: no key is uncapped (0 once meant "unlimited" without saying so).
     max_concurrent_streams: int | None = Field(default=None, ge=1)
+    # How the orchestrator weighs the tenant's runs against other tenants' (docs/api.md#quotas).
+    tier: Literal["premium", "standard", "batch"] = "standard"
+    # The tenant's run quotas; unset: the orchestrator's defaults (TENANT_MAX_*_RUNS).
+    max_running_runs: int | None = Field(default=None, ge=1)
+    max_queued_runs: int | None = Field(default=None, ge=1)
 
     @field_validator("tenant")
     @classmethod
@@ -64,6 +70,9 @@ class ApiKey:
     rate_limit_per_second: float | None = None
     rate_limit_burst: int | None = None
     max_concurrent_streams: int | None = None
+    tier: str = "standard"
+    max_running_runs: int | None = None
+    max_queued_runs: int | None = None
 
 
 class KeysFileError(ValueError):
@@ -104,6 +113,9 @@ def parse_keys(text: str, source: str = "keys file") -> list[ApiKey]:
             rate_limit_per_second=k.rate_limit_per_second,
             rate_limit_burst=k.rate_limit_burst,
             max_concurrent_streams=k.max_concurrent_streams,
+            tier=k.tier,
+            max_running_runs=k.max_running_runs,
+            max_queued_runs=k.max_queued_runs,
         )
         for k in parsed.keys
     ]

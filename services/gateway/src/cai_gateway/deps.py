@@ -73,7 +73,13 @@ def _caller_for(key: ApiKey, settings: Settings) -> Caller:
         return default if override is None else override
 
     return Caller(
-        principal=common_pb2.Principal(tenant_id=key.tenant, subject=key.id),
+        principal=common_pb2.Principal(
+            tenant_id=key.tenant,
+            subject=key.id,
+            tier=key.tier,
+            max_running_runs=key.max_running_runs or 0,
+            max_queued_runs=key.max_queued_runs or 0,
+        ),
         key_id=key.id,
         rate_per_second=float(pick(key.rate_limit_per_second, settings.rate_limit_per_second)),
         burst=int(pick(key.rate_limit_burst, settings.rate_limit_burst)),

@@ -107,7 +107,23 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> Problem:
         return Problem(
             502, f"The orchestrator failed to answer (error id {error_id})", error_id=error_id
         )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        retry_after = _trailer(exc, "retry-after")
+        if retry_after:  # a tenant quota, not a size limit
+            return Problem(
+                429,
+                exc.details() or code.name,
+                headers={"Retry-After": retry_after},
+                retry_after=int(retry_after),
+            )
     return Problem(status, exc.details() or code.name)
+
+
+def _trailer(exc: grpc.aio.AioRpcError, name: str) -> str:
+    for key, value in exc.trailing_metadata() or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode()
+    return ""
 
 
 OPENAI_ERROR_TYPES = {

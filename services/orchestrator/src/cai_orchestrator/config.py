@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 
 from pydantic import Field
 
@@ -53,6 +54,19 @@ class Settings(GrpcServerSettings):
     orchestrator_processes: int = Field(default=0, ge=0)
     # Runs executed at once by the pod (shared out over its processes); the rest wait in the queue.
     max_concurrent_runs: int = 100
+    # Tiers and quotas of a tenant whose API key sets none (scheduler.py, docs/api.md#quotas):
+    # past max_running + max_queued runs not yet ended, creating a run is refused (HTTP 429 with
+    # Retry-After: quota_retry_after_seconds).
+    default_tier: Literal["premium", "standard", "batch"] = "standard"
+    tenant_max_running_runs: int = Field(default=50, ge=1)
+    tenant_max_queued_runs: int = Field(default=1000, ge=0)
+    quota_retry_after_seconds: int = Field(default=5, ge=1)
+    # Fair dispatch: backlogged tenants share run slots in proportion to their tier's weight.
+    weight_premium: float = Field(default=4.0, gt=0)
+    weight_standard: float = Field(default=2.0, gt=0)
+    weight_batch: float = Field(default=1.0, gt=0)
+    # How often (at most) a tenant at its quota has its admitted runs checked for leaks.
+    quota_repair_interval_seconds: float = 5.0
     # How long a worker's lease lives without a heartbeat; a dead worker's runs are reclaimed after.
     lease_seconds: float = 10.0
     max_attempts: int = 3

@@ -11,6 +11,7 @@ from cai.v1 import orchestrator_pb2 as pb
 from cai_common.tenants import TENANT_RULE, is_valid_tenant
 from cai_orchestrator.events import dumps
 from cai_orchestrator.records import NewRun
+from cai_orchestrator.scheduler import TIERS
 
 # LangGraph's Command fields a client may send (`resume` answers an interrupt).
 COMMAND_FIELDS = frozenset({"resume", "update", "goto"})
@@ -50,6 +51,14 @@ def tenant_of(principal: Any) -> str:
     return tenant
 
 
+def tier_of(principal: Any) -> str:
+    """The caller's scheduling tier ("": the default)."""
+    tier = principal.tier if principal is not None else ""
+    if tier and tier not in TIERS:
+        raise InvalidRequest(f"principal.tier must be one of {list(TIERS)}")
+    return str(tier)
+
+
 def new_run(req: pb.CreateRunRequest, stream_modes: list[str]) -> NewRun:
     """Validate a CreateRunRequest into a NewRun."""
     tenant = tenant_of(req.principal)
@@ -86,6 +95,9 @@ def new_run(req: pb.CreateRunRequest, stream_modes: list[str]) -> NewRun:
         idempotency_key=req.idempotency_key,
         temporary=not req.thread_id,
         trace=dict(req.trace_context),
+        tier=tier_of(req.principal),
+        max_running_runs=max(0, req.principal.max_running_runs),
+        max_queued_runs=max(0, req.principal.max_queued_runs),
     )
 
 

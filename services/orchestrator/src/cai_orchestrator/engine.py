@@ -19,6 +19,7 @@ from cai_orchestrator.lease import Leases
 from cai_orchestrator.queue import RunQueue
 from cai_orchestrator.reattach import PendingCancels
 from cai_orchestrator.runs import RunService
+from cai_orchestrator.scheduler import FairQueue, Quota, Scheduler
 from cai_orchestrator.state import ThreadState
 from cai_orchestrator.store import RunStore
 from cai_orchestrator.tailer import LogTailer
@@ -59,7 +60,12 @@ class Engine:
             runs_per_thread=s.runs_per_thread_index,
             thread_ttl_s=s.thread_ttl_seconds,
         )
-        queue = RunQueue(redis, s.replica_id)
+        weights = {
+            "premium": s.weight_premium,
+            "standard": s.weight_standard,
+            "batch": s.weight_batch,
+        }
+        queue = RunQueue(redis, s.replica_id, FairQueue(redis, weights, s.default_tier))
         bus = CancelBus(redis, pubsub_redis)
         batcher = EventBatcher(redis)  # every run's events, one pipeline at a time
         logs = EventLogs(
@@ -71,6 +77,7 @@ class Engine:
         )
         tailer = LogTailer(tail_redis, redis, s.replica_id, block_ms=TAIL_BLOCK_MS)
         state = ThreadState(graph)
+        scheduler = Scheduler(redis, s.quota_retry_after_seconds, s.quota_repair_interval_seconds)
         pending_cancels = PendingCancels(redis, s.reattach_grace_seconds)
         runs = RunService(
             store,
@@ -82,9 +89,11 @@ class Engine:
             s.stream_heartbeat_seconds,
             s.max_thread_state_bytes,
             pending_cancels,
+            scheduler,
+            Quota(s.default_tier, s.tenant_max_running_runs, s.tenant_max_queued_runs),
         )
         threads = ThreadService(store, state, runs, s.max_thread_state_bytes)
-        executor = RunExecutor(s, store, queue, state, graph, assistants, bus)
+        executor = RunExecutor(s, store, queue, state, graph, assistants, bus, scheduler)
         leases = Leases(redis, s.replica_id, s.lease_seconds)
         worker = Worker(s, runs, executor, leases, logs, state)
         return cls(store, queue, bus, batcher, tailer, runs, threads, worker)

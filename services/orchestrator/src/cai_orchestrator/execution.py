@@ -26,6 +26,7 @@ from cai_orchestrator.failures import report
 from cai_orchestrator.queue import RunQueue
 from cai_orchestrator.records import RunRecord, RunRef, state_too_large
 from cai_orchestrator.runner import DEFAULT_RECURSION_LIMIT, execute
+from cai_orchestrator.scheduler import Scheduler
 from cai_orchestrator.state import ThreadState, json_size
 from cai_orchestrator.store import Claim, RunStore
 
@@ -52,6 +53,8 @@ class RunExecutor:
     graph: CompiledStateGraph
     assistants: Assistants
     bus: CancelBus
+    # Releases a finished run from its tenant's quota (None: no quotas; tests only).
+    scheduler: Scheduler | None = None
 
     def run_settings(self, run: RunRecord, thread_metadata: bytes) -> dict[str, Any]:
         """What a run needs beyond its record: limits, durability and the thread's prompt
@@ -85,7 +88,7 @@ class RunExecutor:
             metrics.RETRIES.inc()
         else:
             created = datetime.fromisoformat(run.created_at).timestamp()
-            metrics.QUEUE_WAIT.observe(max(0.0, time.time() - created))
+            metrics.QUEUE_WAIT.labels(run.tier).observe(max(0.0, time.time() - created))
         if claim.outcome == "exhausted":
             message = f"Run failed {s.max_attempts} times (its worker was lost)"
             payload = {"error": "MaxAttemptsExceeded", "message": message}
@@ -230,8 +233,10 @@ class RunExecutor:
             state_bytes,
             lease_owner=self.settings.replica_id,
         )
-        if nxt is not None:
-            await self.queue.append(RunRef(run.tenant, run.thread_id, nxt[0]), nxt[1])
+        if self.scheduler is not None:  # a second step: the quota is not the thread's slot
+            await self.scheduler.release(run.ref)
+        if nxt is not None:  # (the thread's next run: the same tenant, so the same tier)
+            await self.queue.append(RunRef(run.tenant, run.thread_id, nxt[0]), nxt[1], run.tier)
 
     async def queue_successor(self, ref: RunRef) -> None:
         """A finished run's worker may have died before queueing the thread's next run."""

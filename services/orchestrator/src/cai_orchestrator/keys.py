@@ -142,6 +142,34 @@ def tenant_unfinished_runs(tenant: str) -> str:
     return "cai:tenant:" + tenant + ":unfinished"
 
 
+# Fair dispatch (scheduler.FairQueue): runs wait here, per tenant, until a replica has room;
+# then they go to QUEUE in fair order. One hash tag: the scheduler's scripts touch one slot.
+SCHED = "cai:{sched}:"
+SCHED_TENANTS = SCHED + "tenants"  # sorted set: tenant -> start tag of its first waiting run
+SCHED_VTIME = SCHED + "vtime"  # string: the start tag of the run dispatched last
+SCHED_FINISH = SCHED + "finish"  # hash: tenant -> finish tag of its last run (list ran empty)
+SCHED_WEIGHT = SCHED + "weight"  # hash: tenant -> weight of its tier
+SCHED_WAITING = SCHED + "waiting"  # string: runs waiting in every tenant's list
+SCHED_FEEDING = SCHED + "feeding"  # sorted set: jobs taken to be appended to QUEUE, by time
+SCHED_LIST_PREFIX = SCHED + "t:"  # + tenant: list of the tenant's waiting jobs, oldest first
+
+
+def sched_list(tenant: str) -> str:
+    """List: the tenant's jobs waiting for fair dispatch, oldest first."""
+    return SCHED_LIST_PREFIX + tenant
+
+
+def tenant_admitted(tenant: str) -> str:
+    """Sorted set: the tenant's admitted runs that have not ended (`thread\nrun`, score = when
+    admitted), counted against its quotas (scheduler.py). Not in any thread's slot."""
+    return "cai:sched:tenant:" + tenant + ":admitted"
+
+
+def tenant_repair(tenant: str) -> str:
+    """String with TTL: a repair of the tenant's admitted runs ran recently (scheduler.py)."""
+    return "cai:sched:tenant:" + tenant + ":repair"
+
+
 def run_thread(tenant: str, run_id: str) -> str:
     """String: the thread of a run on a real thread, for callers that know only the run id.
 

@@ -245,3 +245,72 @@ ACK_JOB = """
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 return redis.call('XDEL', KEYS[1], ARGV[2])
 """
+
+# Admit a run under its tenant's quota (scheduler.py). KEYS: the tenant's admitted runs (sorted
+# set). ARGV: member (thread \n run), now, limit. Returns {admitted 0|1, runs counted}.
+# Admitting a member twice (a retried create) counts it once.
+ADMIT_RUN = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return {1, redis.call('ZCARD', KEYS[1])}
+end
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[3]) then
+  return {0, n}
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return {1, n + 1}
+"""
+
+# Fair dispatch (scheduler.FairQueue): start-time fair queueing over tenants. Every key is under
+# the `{sched}` hash tag (one cluster slot); a tenant's waiting list is ARGV's prefix + tenant.
+# KEYS: tenants (sorted set: tenant -> start tag of its first waiting job), vtime (string: the
+# start tag of the job dispatched last), finish (hash: tenant -> finish tag of its last job when
+# its list ran empty), weight (hash: tenant -> weight), waiting (string: jobs waiting), the
+# tenant's list.
+# ARGV: tenant, job, weight ("" = the tenant's last, else the default), default weight.
+# Returns how many of the tenant's jobs wait now.
+FAIR_ENQUEUE = """
+local w = tonumber(ARGV[3])
+if w then
+  redis.call('HSET', KEYS[4], ARGV[1], w)
+end
+local n = redis.call('RPUSH', KEYS[6], ARGV[2])
+redis.call('INCR', KEYS[5])
+if n == 1 then
+  local v = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local f = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+  redis.call('ZADD', KEYS[1], math.max(v, f), ARGV[1])
+end
+return n
+"""
+
+# Take up to ARGV[1] jobs in fair order into the feeding set (score ARGV[2], now), from where
+# the caller appends them to the run queue. KEYS: tenants, vtime, finish, weight, waiting,
+# feeding. ARGV: count, now, list prefix, default weight. Returns the jobs.
+FAIR_TAKE = """
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if #head == 0 then break end
+  local tenant, s = head[1], tonumber(head[2])
+  local list = ARGV[3] .. tenant
+  local job = redis.call('LPOP', list)
+  local w = tonumber(redis.call('HGET', KEYS[4], tenant) or ARGV[4])
+  local f = s + 1 / w
+  if redis.call('LLEN', list) > 0 then
+    redis.call('ZADD', KEYS[1], f, tenant)
+  else
+    redis.call('ZREM', KEYS[1], tenant)
+    redis.call('HSET', KEYS[3], tenant, f)
+  end
+  if s > tonumber(redis.call('GET', KEYS[2]) or '0') then
+    redis.call('SET', KEYS[2], s)
+  end
+  if job then
+    redis.call('DECR', KEYS[5])
+    redis.call('ZADD', KEYS[6], ARGV[2], job)
+    out[#out + 1] = job
+  end
+end
+return out
+"""

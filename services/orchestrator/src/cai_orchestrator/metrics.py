@@ -20,10 +20,20 @@ RUN_DURATION = Histogram(
     "cai_run_duration_seconds", "Run execution time by final status", ["status"],
     buckets=RUN_BUCKETS,
 )  # fmt: skip
+# Tiers, never tenants: the label's values are the three tiers (scheduler.TIERS).
 QUEUE_WAIT = Histogram(
-    "cai_queue_wait_seconds", "Time from run creation to the start of its execution",
-    buckets=LATENCY_BUCKETS,
+    "cai_queue_wait_seconds", "Time from run creation to the start of its execution, by tier",
+    ["tier"], buckets=LATENCY_BUCKETS,
 )  # fmt: skip
+RUNS_ADMITTED = Counter(
+    "cai_runs_admitted_total", "Runs admitted under their tenant's quotas, by tier", ["tier"]
+)
+RUNS_REJECTED_QUOTA = Counter(
+    "cai_runs_rejected_quota_total",
+    "Run creates refused because the tenant had as many runs not yet ended as its quotas allow, "
+    "by tier",
+    ["tier"],
+)
 # Every process samples the same queue: the pod reports the highest live sample.
 QUEUE_LAG = Gauge(
     "cai_queue_lag", "Run queue entries not yet delivered to any replica",

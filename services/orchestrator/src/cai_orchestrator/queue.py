@@ -1,5 +1,12 @@
 """The run queue: one Redis Stream consumed by every replica as one consumer group.
 
+With fair dispatch (scheduler.FairQueue, what the engine uses), a run is appended to its
+tenant's list first, and reaches the stream only when a replica has a free slot: `take` first
+moves as many runs as the replica has room for, in fair order, into the stream, then reads it.
+A create that finds nothing undelivered in the stream moves one run in at once, so an idle
+replica blocked on the stream wakes at once. The stream thus holds only runs about to be taken,
+and its order is the scheduler's.
+
 A job names a run (tenant, thread, run id) and carries its trace context. Appending a job is the
 second step after the run is recorded (store.py); the dispatch intent written with the record
 lets `sweep_intents` re-queue a run whose append a crash lost. Appending twice is harmless: a
@@ -19,6 +26,7 @@ from redis.exceptions import ResponseError
 
 from cai_orchestrator import keys, lua
 from cai_orchestrator.records import RunRef
+from cai_orchestrator.scheduler import FairQueue, Waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +74,14 @@ def _intent(ref: RunRef) -> str:
 class RunQueue:
     """The queue's producer and consumer sides, for one replica (`consumer`)."""
 
-    def __init__(self, redis: Redis, consumer: str) -> None:
+    def __init__(self, redis: Redis, consumer: str, fair: FairQueue | None = None) -> None:
         self.redis = redis
         self.consumer = consumer
+        # None: runs go straight to the stream (FIFO over every tenant; tests of the queue alone).
+        self.fair = fair
+        # Whether the next take moves runs into the stream first: not after an idle read that
+        # followed a move that found the lists empty (a create moves a run in itself then).
+        self._feed_next = True
         self._ack = redis.register_script(lua.ACK_JOB)
 
     async def ensure_group(self) -> None:
@@ -86,12 +99,56 @@ class RunQueue:
         """Queue, on the caller's pipeline, the intent to append `ref` (see `sweep_intents`)."""
         pipe.zadd(keys.DISPATCHING, {_intent(ref): time.time() + check_after_s})
 
-    async def append(self, ref: RunRef, trace: bytes | str) -> None:
-        """Put a run in the queue (and drop its dispatch intent)."""
+    async def append(self, ref: RunRef, trace: bytes | str, tier: str = "") -> None:
+        """Put a run in the queue (and drop its dispatch intent).
+
+        With fair dispatch it waits in its tenant's list (`tier` "": the tenant's last tier);
+        if the stream has nothing undelivered (a replica may be idle), one run moves in now.
+        """
+        if self.fair is None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(keys.QUEUE, _fields(ref, trace))
+                pipe.zrem(keys.DISPATCHING, _intent(ref))
+                await pipe.execute()
+            return
+        await self.fair.enqueue(ref, trace.encode() if isinstance(trace, str) else trace, tier)
+        await self.redis.zrem(keys.DISPATCHING, _intent(ref))
+        if await self._undelivered() == 0:  # (no group yet: no replica waits)
+            await self.feed(1)
+
+    async def feed(self, count: int) -> int:
+        """Move up to `count` runs, in fair order, from the tenants' lists into the stream."""
+        if self.fair is None or count <= 0:
+            return 0
+        jobs = await self.fair.take(count)
+        if jobs:
+            await self._append_taken(jobs)
+        return len(jobs)
+
+    async def refeed_stale(self, older_than_s: float) -> int:
+        """Append the runs a replica took from the lists but died before appending; how many."""
+        if self.fair is None:
+            return 0
+        jobs = await self.fair.stale_feeding(older_than_s)
+        if jobs:
+            await self._append_taken(jobs)
+        return len(jobs)
+
+    async def _append_taken(self, jobs: list[bytes]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(keys.QUEUE, _fields(ref, trace))
-            pipe.zrem(keys.DISPATCHING, _intent(ref))
+            for raw in jobs:
+                waiting = Waiting.decode(raw)
+                pipe.xadd(keys.QUEUE, _fields(waiting.ref, waiting.trace))
+            FairQueue.fed(pipe, jobs)
             await pipe.execute()
+
+    async def _undelivered(self) -> int | None:
+        """Entries of the stream not yet delivered; None without a consumer group."""
+        with contextlib.suppress(ResponseError):  # no stream yet
+            for group in await self.redis.xinfo_groups(keys.QUEUE):
+                if group["name"] == keys.GROUP.encode():
+                    return int(group.get("lag") or 0)
+        return None
 
     async def forget_intent(self, ref: RunRef) -> None:
         """The run was not dispatched after all (it waits behind its thread's active run)."""
@@ -105,11 +162,15 @@ class RunQueue:
     # -- consuming --------------------------------------------------------------------------
 
     async def take(self, count: int, block_ms: int) -> list[Job]:
-        """Up to `count` new jobs for this replica, waiting up to `block_ms` for the first."""
+        """Up to `count` new jobs for this replica, waiting up to `block_ms` for the first
+        (with fair dispatch, first moving up to `count` runs into the stream)."""
+        fed = await self.feed(count) if self._feed_next else 0
         reply = await self.redis.xreadgroup(
             keys.GROUP, self.consumer, {keys.QUEUE: ">"}, count=count, block=block_ms
         )
-        return [Job.from_entry(eid, f) for _, entries in (reply or ()) for eid, f in entries]
+        jobs = [Job.from_entry(eid, f) for _, entries in (reply or ()) for eid, f in entries]
+        self._feed_next = bool(jobs) or fed >= count
+        return jobs
 
     async def ack(self, job: Job) -> None:
         """The job is done: acknowledge and delete its entry (one call)."""
@@ -150,14 +211,25 @@ class RunQueue:
     # -- observing --------------------------------------------------------------------------
 
     async def stats(self) -> dict[str, int]:
-        """The group's lag (entries never delivered) and pending (delivered, not acked)."""
+        """The lag (runs not yet delivered: in the stream or waiting for fair dispatch) and
+        pending (delivered, not acked)."""
+        waiting = await self.fair.waiting() if self.fair is not None else 0
         for group in await self.redis.xinfo_groups(keys.QUEUE):
             if group["name"] == keys.GROUP.encode():
-                return {"lag": group.get("lag") or 0, "pending": group.get("pending") or 0}
-        return {"lag": 0, "pending": 0}
+                lag = (group.get("lag") or 0) + waiting
+                return {"lag": lag, "pending": group.get("pending") or 0}
+        return {"lag": waiting, "pending": 0}
 
-    async def position(self, run_id: str, scan: int = 10_000) -> int | None:
-        """1-based place of a run among the jobs not yet delivered, or None."""
+    async def position(self, ref: RunRef, scan: int = 10_000) -> int | None:
+        """1-based place of a run among the runs not yet delivered (an estimate for a run
+        waiting for fair dispatch: scheduler.FairQueue.place), or None."""
+        in_stream = await self._stream_position(ref.run_id, scan)
+        if in_stream is not None or self.fair is None:
+            return in_stream
+        place = await self.fair.place(ref)
+        return None if place is None else place + (await self._undelivered() or 0)
+
+    async def _stream_position(self, run_id: str, scan: int) -> int | None:
         last: Any = b"0"
         with contextlib.suppress(ResponseError):  # no group yet: nothing was delivered
             for g in await self.redis.xinfo_groups(keys.QUEUE):

@@ -94,6 +94,7 @@ class RunRecord:
     write_bytes: int | None = None
     # A stream a server ended left a cancel waiting for the client to re-join (reattach.py).
     reattach: bool = False
+    tier: str = "standard"
 
     @property
     def ref(self) -> RunRef:
@@ -119,6 +120,7 @@ class RunRecord:
             temporary=new.temporary,
             trace=new.trace,
             write_bytes=write_bytes,
+            tier=new.tier or "standard",
         )
 
     @classmethod
@@ -144,6 +146,7 @@ class RunRecord:
             base_checkpoint=s.get("base_checkpoint"),
             write_bytes=int(s["write_bytes"]) if s.get("write_bytes") else None,
             reattach=s.get("reattach") == "1",
+            tier=s.get("tier") or "standard",
         )
 
     def to_hash(self) -> dict[str, str]:
@@ -163,6 +166,7 @@ class RunRecord:
             "temporary": "1" if self.temporary else "0",
             "trace": orjson.dumps(self.trace).decode(),
             "write_bytes": str(self.write_bytes or 0),
+            "tier": self.tier,
         }
 
 
@@ -212,6 +216,11 @@ class NewRun:
     idempotency_key: str = ""
     temporary: bool = False
     trace: dict[str, str] = field(default_factory=dict)
+    # The caller's scheduling tier (premium | standard | batch; "": the default) and quotas
+    # (0: the defaults), from its API key (scheduler.py).
+    tier: str = ""
+    max_running_runs: int = 0
+    max_queued_runs: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from cai_common.runs import CANCELLED, TERMINAL_EVENTS_BYTES, TERMINAL_STATUSES
+from cai_orchestrator import metrics
 from cai_orchestrator.assistants import Assistants
 from cai_orchestrator.cancel import CancelBus
 from cai_orchestrator.events import EventLogs, dumps
@@ -31,6 +32,7 @@ from cai_orchestrator.records import (
     StoreError,
     not_found,
 )
+from cai_orchestrator.scheduler import Quota, Scheduler
 from cai_orchestrator.state import run_write_size
 from cai_orchestrator.store import RunStore
 from cai_orchestrator.tailer import Entry, LogTailer, Subscription, SubscriptionFailed
@@ -41,6 +43,9 @@ DISPATCH_CHECK_S = 10.0
 # Runs one bulk cancel reaches at most, and asks to stop at once.
 BULK_CANCEL_MAX = 1000
 BULK_CANCEL_CONCURRENCY = 16
+# A tenant at its quota has its oldest admitted runs (this many) checked for runs that ended
+# without being released (a crash between the two steps).
+QUOTA_REPAIR_SCAN = 100
 
 
 def has_terminal(batch: list[Entry]) -> bool:
@@ -63,32 +68,92 @@ class RunService:
     max_state_bytes: int = 0
     # None: a stream that ends early cancels its run at once, whoever ended it (tests only).
     pending_cancels: PendingCancels | None = None
+    # Tenants' quotas (None: no quotas; tests only), and the quotas of a caller whose key sets none.
+    scheduler: Scheduler | None = None
+    default_quota: Quota = Quota("standard", 50, 1000)
+
+    def quota_of(self, new: NewRun) -> Quota:
+        """The tier and quotas `new` is admitted under: its key's, else the defaults."""
+        d = self.default_quota
+        return Quota(
+            new.tier or d.tier,
+            new.max_running_runs or d.max_running_runs,
+            new.max_queued_runs or d.max_queued_runs,
+        )
 
     async def create(self, new: NewRun) -> RunRecord:
-        """Record a run, then queue it (or leave it parked behind its thread's active run).
+        """Admit a run under its tenant's quota, record it, then queue it (or leave it parked
+        behind its thread's active run).
 
         The thread's own checks (its pinned assistant, its state limit) are made by the same
         script that records the run (`RunStore.create_run`): one round trip, no read before it.
+
+        Raises:
+            QuotaExceeded: the tenant has as many runs not yet ended as its quotas allow.
         """
         if self.assistants.get(new.assistant_id) is None:
             raise not_found("Assistant", new.assistant_id)
-        created = await self.store.create_run(
-            new,
-            first=lambda pipe, ref: self.queue.intend(pipe, ref, DISPATCH_CHECK_S),
-            write_bytes=run_write_size(new.kwargs),
-            max_state_bytes=self.max_state_bytes,
-        )
+        quota = self.quota_of(new)
+        run_id = self.store.new_run_id(new)
+        admitted = RunRef(new.tenant, new.thread_id or run_id, run_id)
+        await self._admit(admitted, quota)
+        try:
+            created = await self.store.create_run(
+                new,
+                first=lambda pipe, ref: self.queue.intend(pipe, ref, DISPATCH_CHECK_S),
+                write_bytes=run_write_size(new.kwargs),
+                max_state_bytes=self.max_state_bytes,
+                run_id=run_id,
+            )
+        except StoreError:
+            await self._release(admitted)  # refused: it never counted
+            raise
         run = created.run
         if created.existed:
+            # The earlier run is counted already, or (the same stateless run) has ended.
+            if run.run_id != run_id or run.status in TERMINAL_STATUSES:
+                await self._release(admitted)
             return run
+        metrics.RUNS_ADMITTED.labels(quota.tier).inc()
         if created.dispatched:
-            await self.queue.append(run.ref, dumps(run.trace))
+            await self.queue.append(run.ref, dumps(run.trace), run.tier)
         else:
             await self.queue.forget_intent(run.ref)
         if created.interrupts:
             active = RunRef(run.tenant, run.thread_id, created.interrupts)
             await self.bus.request(active, new.multitask_strategy)
         return run
+
+    async def _admit(self, ref: RunRef, quota: Quota) -> None:
+        """Count the run against its tenant's quota, or refuse it (QuotaExceeded)."""
+        if self.scheduler is None:
+            return
+        if await self.scheduler.admit(ref, quota):
+            return
+        # At the quota: drop runs that ended without being released (a crash between the two
+        # steps), then try once more.
+        if await self.repair_admitted(ref.tenant) and await self.scheduler.admit(ref, quota):
+            return
+        metrics.RUNS_REJECTED_QUOTA.labels(quota.tier).inc()
+        raise self.scheduler.refusal(quota)
+
+    async def _release(self, ref: RunRef) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.release(ref)
+
+    async def repair_admitted(self, tenant: str) -> int:
+        """Stop counting the tenant's admitted runs that ended or were never recorded; how many."""
+        if self.scheduler is None:
+            return 0
+        refs = await self.scheduler.stale_candidates(tenant, DISPATCH_CHECK_S, QUOTA_REPAIR_SCAN)
+        if not refs:
+            return 0
+        alive = {
+            r.run_id for r in await self.store.load_runs(refs) if r.status not in TERMINAL_STATUSES
+        }
+        gone = [r for r in refs if r.run_id not in alive]
+        await self.scheduler.forget(tenant, gone)
+        return len(gone)
 
     async def requeue_lost(self) -> int:
         """Queue runs whose creator died between recording and queueing them; how many."""
@@ -99,7 +164,7 @@ class RunService:
                 log.warning(
                     "re-queueing a run whose dispatch was lost", extra={"run_id": ref.run_id}
                 )
-                await self.queue.append(ref, dumps(run.trace))
+                await self.queue.append(ref, dumps(run.trace), run.tier)
                 requeued += 1
                 continue
             await self.queue.forget_intent(ref)
@@ -121,7 +186,7 @@ class RunService:
             where["waiting_for_thread"] = True
             where["position"] = parked
             return where
-        position = await self.queue.position(run.run_id)
+        position = await self.queue.position(run.ref)
         if position is not None:
             where["position"] = position
         return where
@@ -150,6 +215,7 @@ class RunService:
             # It never started: its log gets its terminal event here.
             data = dumps({"action": action, "message": "Run was cancelled before it started"})
             await self.logs.close_unstarted(run.ref.keys.events, CANCELLED, data)
+            await self._release(run.ref)
         else:
             await self.bus.request(run.ref, action)
 

@@ -386,6 +386,16 @@ class RunStore(ThreadStore):
             thread_id = found.decode() if found else run_id
         return RunRef(tenant, thread_id, run_id)
 
+    @staticmethod
+    def new_run_id(new: NewRun) -> str:
+        """The id a new run gets: derived from (tenant, key) for a stateless run with an
+        Idempotency-Key (a retried request finds it), else random."""
+        if new.temporary and new.idempotency_key:
+            # Unambiguous: a tenant name has no newline (cai_common.tenants).
+            name = f"{new.tenant}\n{new.idempotency_key}"
+            return str(uuid.uuid5(_IDEMPOTENT_RUN_IDS, name))
+        return str(uuid.uuid4())
+
     async def create_run(
         self,
         new: NewRun,
@@ -393,22 +403,18 @@ class RunStore(ThreadStore):
         *,
         write_bytes: int = 0,
         max_state_bytes: int = 0,
+        run_id: str = "",
     ) -> Created:
         """Record a run under the thread's multitask strategy (atomically), unless the thread is
         pinned to another assistant or the run's input (`write_bytes`) would grow the thread's
         state past `max_state_bytes` (0: no limit).
 
         `first` adds commands to the same round trip, sent before the script (the queue's
-        dispatch intent).
+        dispatch intent). `run_id`: the id `new_run_id` chose (empty: choose one now).
         """
         if new.multitask_strategy not in STRATEGIES:
             raise StoreError("invalid", f"multitask_strategy must be one of {sorted(STRATEGIES)}")
-        if new.temporary and new.idempotency_key:
-            # Unambiguous: a tenant name has no newline (cai_common.tenants).
-            name = f"{new.tenant}\n{new.idempotency_key}"
-            run_id = str(uuid.uuid5(_IDEMPOTENT_RUN_IDS, name))
-        else:
-            run_id = str(uuid.uuid4())
+        run_id = run_id or self.new_run_id(new)
         ts = now_iso()
         thread_id = new.thread_id or run_id
         record = RunRecord.pending(new, run_id, thread_id, ts, write_bytes)

@@ -27,6 +27,9 @@ from cai_orchestrator.runs import RunService
 from cai_orchestrator.state import ThreadState
 
 log = logging.getLogger(__name__)
+# A run taken for fair dispatch but not in the queue after this long: its replica died between
+# the two steps, and any replica appends it (scheduler.FairQueue).
+FEED_STALE_S = 10.0
 
 
 @dataclass
@@ -268,6 +271,7 @@ class Reclaimer:
             try:
                 await self.reclaim_once(min_idle)
                 await self.worker.runs.requeue_lost()
+                await self.worker.queue.refeed_stale(FEED_STALE_S)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:

@@ -15,7 +15,7 @@ _ERROR_DESCRIPTIONS = {
     409: "Conflict (e.g. multitask_strategy=reject on a busy thread, a run still active)",
     413: "Request body too large, or a thread's state would pass MAX_THREAD_STATE_BYTES",
     422: "Invalid request (validation, message limits, unsupported stream modes)",
-    429: "Rate limit or concurrent-stream cap reached (see Retry-After)",
+    429: "Rate limit, concurrent-stream cap or tenant run quota reached (see Retry-After)",
     502: "The orchestrator failed to answer",
     503: "The orchestrator (or the limiter, when failing closed) is unavailable",
     504: "The orchestrator did not answer in time",

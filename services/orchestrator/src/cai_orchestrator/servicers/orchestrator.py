@@ -30,6 +30,7 @@ from cai_orchestrator.convert import (
 from cai_orchestrator.records import StoreError, not_found
 from cai_orchestrator.runner import SUPPORTED_STREAM_MODES
 from cai_orchestrator.runs import RunService
+from cai_orchestrator.scheduler import QuotaExceeded
 from cai_orchestrator.state import InvalidUpdate
 from cai_orchestrator.tailer import SubscriptionFailed
 from cai_orchestrator.threads import ThreadService
@@ -44,6 +45,7 @@ _STORE_CODES = {
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
     "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "aborted": grpc.StatusCode.ABORTED,
+    "quota": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 CANCEL_WAIT_S = 60.0
 # Why a relay ends on drain; the gateway ends its SSE response and the client reconnects.
@@ -62,6 +64,9 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     """Map a domain error onto a gRPC status with a message; never leak a traceback."""
     if isinstance(exc, InvalidRequest | InvalidUpdate | ValueError):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, QuotaExceeded):
+        # The trailer tells the gateway this is a quota (429 + Retry-After), not a size limit.
+        context.set_trailing_metadata((("retry-after", str(exc.retry_after_s)),))
     if isinstance(exc, StoreError):
         await context.abort(_STORE_CODES.get(exc.code, grpc.StatusCode.UNKNOWN), exc.message)
     log.warning("redis unavailable", extra={"error": str(exc)})
