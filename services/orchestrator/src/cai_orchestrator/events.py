@@ -1,7 +1,8 @@
 """Run event logs: the worker's coalescing writer and the replica's multiplexed log tailer.
 
 Each run has an event log, a Redis Stream whose entry ids are the event ids clients resume from.
-Events carry their final JSON payload, built once here; nothing downstream re-parses it.
+Events carry their final JSON payload, built once here; nothing downstream re-parses it. What
+every token event of a message repeats is stored once per message (frames.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
+
+from cai_orchestrator.frames import TokenEncoder
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +179,7 @@ class EventWriter:
         self._last_flush = 0.0
         self._expiry_set = False
         self._last_message_id: str | None = None
+        self._frames = TokenEncoder()  # messages events stored once per message (frames.py)
         self.tokens_written = 0
 
     def _take_tokens(self) -> None:
@@ -183,17 +187,7 @@ class EventWriter:
         if run is None:
             return
         self._tokens = None
-        text = "".join(run.parts)
-        chunk = (
-            b'[{"content":'
-            + orjson.dumps(text)
-            + b',"additional_kwargs":{},"response_metadata":{},"type":"AIMessageChunk",'
-            b'"name":null,"id":'
-            + orjson.dumps(run.message_id)
-            + b',"tool_calls":[],"invalid_tool_calls":[],"usage_metadata":null,'
-            b'"tool_call_chunks":[]},' + run.meta + b"]"
-        )
-        self._pending.append((b"messages", chunk))
+        self._pending.append(self._frames.tokens("".join(run.parts), run.message_id, run.meta))
 
     async def token(self, message_id: str, text: str, meta: bytes) -> None:
         """Queue a content-only delta of an AI message (the hot path)."""
@@ -226,6 +220,13 @@ class EventWriter:
         """Append an event (already serialised) after everything queued before it."""
         self._take_tokens()
         self._pending.append((event.encode(), data))
+        await self.flush()
+
+    async def message(self, message: bytes, meta: bytes) -> None:
+        """Append a `messages` event other than content-only deltas: `[message, meta]`, both
+        already serialised (stored without `meta` when its head has it)."""
+        self._take_tokens()
+        self._pending.append(self._frames.message(message, meta))
         await self.flush()
 
     def _take_pending(self) -> tuple[list[tuple[bytes, bytes]], list[asyncio.Future[None]]]:
@@ -285,6 +286,7 @@ class EventWriter:
             self._flush_task = None
         self._tokens = None
         self._pending = []
+        self._frames = TokenEncoder()  # a head it dropped must not be taken as written
         if self.batcher is not None:
             self.batcher.unschedule(self)
         for waiter in self._waiters:

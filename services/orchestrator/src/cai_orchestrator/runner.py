@@ -129,7 +129,7 @@ async def execute(
                     last_token_at = now
                     await writer.token(message.id or "", message.content, last_meta_bytes)
                 continue
-            await writer.emit("messages", b"[" + dumps(message) + b"," + last_meta_bytes + b"]")
+            await writer.message(dumps(message), last_meta_bytes)
         elif mode == "custom":
             if isinstance(chunk, dict) and chunk.get("status") == "generating":
                 generating_since = time.monotonic()
