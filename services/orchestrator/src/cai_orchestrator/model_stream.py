@@ -9,6 +9,10 @@ arrived in one network read is parsed with orjson, and consecutive plain content
 one chunk. A model that streams slower than Cai reads sees one chunk per token, as before; when
 tokens arrive faster than they are handled (a fast model, a busy replica) the work per token falls
 instead of piling up. Nothing is held back waiting for more: a read is handled as soon as it lands.
+
+While a run executes, the plain content deltas of a model call that LangGraph would stream do not
+go through LangChain and LangGraph at all: they go straight to the run's `TokenSink`
+(token_sink.py), and LangChain gets one content chunk per stretch of them, for the final message.
 """
 
 from __future__ import annotations
@@ -20,12 +24,21 @@ import httpx2
 import openai
 import orjson
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
+from langchain_core.language_models.chat_models import (
+    _gen_info_and_msg_metadata,
+    generate_from_stream,
+)
 from langchain_core.messages import AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.tracers._streaming import _StreamingCallbackHandler
+from langchain_core.utils.utils import LC_ID_PREFIX
 from langchain_openai import ChatOpenAI
 from langchain_openai.chat_models.base import _handle_openai_api_error, _handle_openai_bad_request
+from langgraph.pregel._messages import StreamMessagesHandler
 from openai._constants import RAW_RESPONSE_HEADER
 from openai._response import AsyncResponseContextManager
+
+from cai_orchestrator.token_sink import TOKEN_SINK, TokenSink
 
 _PLAIN_DELTA_KEYS = frozenset({"role", "content", "refusal"})
 # Arguments of the SDK's create() that are not part of the request body.
@@ -93,6 +106,26 @@ def _is_plain_content(chunk: dict[str, Any]) -> str | None:
 class StreamingChatOpenAI(ChatOpenAI):  # type: ignore[misc]
     """`ChatOpenAI` whose Chat Completions stream coalesces what arrives in one read."""
 
+    def _streams_itself(self, kwargs: dict[str, Any]) -> bool:
+        """Whether this call's Chat Completions stream is read here (else langchain-openai's)."""
+        merged = {**kwargs, **self.model_kwargs}
+        return not (
+            self._use_responses_api(merged)
+            or "response_format" in merged
+            or self.include_response_headers
+            or self._uses_gateway
+        )
+
+    def _stream_payload(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        stream_usage = self._should_stream_usage(kwargs.pop("stream_usage", None), **kwargs)
+        kwargs["stream"] = True
+        if stream_usage:
+            kwargs["stream_options"] = {"include_usage": True}
+        payload: dict[str, Any] = self._get_request_payload(messages, stop=stop, **kwargs)
+        return payload
+
     async def _astream(
         self,
         messages: list[BaseMessage],
@@ -100,21 +133,11 @@ class StreamingChatOpenAI(ChatOpenAI):  # type: ignore[misc]
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        merged = {**kwargs, **self.model_kwargs}
-        if (
-            self._use_responses_api(merged)
-            or "response_format" in merged
-            or self.include_response_headers
-            or self._uses_gateway
-        ):
+        if not self._streams_itself(kwargs):
             async for generation in super()._astream(messages, stop, run_manager, **kwargs):
                 yield generation
             return
-        stream_usage = self._should_stream_usage(kwargs.pop("stream_usage", None), **kwargs)
-        kwargs["stream"] = True
-        if stream_usage:
-            kwargs["stream_options"] = {"include_usage": True}
-        payload = self._get_request_payload(messages, stop=stop, **kwargs)
+        payload = self._stream_payload(messages, stop, kwargs)
         try:
             async for generation in self._stream_chunks(payload):
                 if run_manager:
@@ -124,6 +147,131 @@ class StreamingChatOpenAI(ChatOpenAI):  # type: ignore[misc]
             _handle_openai_bad_request(exc)
         except openai.APIError as exc:
             _handle_openai_api_error(exc)
+
+    # -- content past LangGraph (token_sink.py) ----------------------------------------------
+
+    def _direct(
+        self, run_manager: Any, kwargs: dict[str, Any]
+    ) -> tuple[TokenSink, StreamMessagesHandler, tuple[tuple[str, ...], dict[str, Any]]] | None:
+        """The run's sink and LangGraph's messages handler for this call, when its content can
+        go past LangGraph: a run is executing, LangGraph streams this call (its handler took
+        the call's metadata: not `nostream`, messages mode on) and nothing else consumes its
+        chunks."""
+        sink = TOKEN_SINK.get()
+        if sink is None or run_manager is None or self.output_version == "v1":
+            return None
+        if not self._streams_itself(kwargs):
+            return None
+        found = None
+        for handler in run_manager.handlers:
+            if isinstance(handler, StreamMessagesHandler):
+                meta = handler.metadata.get(run_manager.run_id)
+                if meta is None:
+                    continue
+                if found is not None or type(handler) is not StreamMessagesHandler:
+                    return None
+                found = (handler, meta)
+            elif isinstance(handler, _StreamingCallbackHandler):
+                return None  # astream_events/astream_log want every chunk
+        if found is None:
+            return None
+        return sink, found[0], found[1]
+
+    def _should_stream(
+        self,
+        *,
+        async_api: bool,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> bool:
+        should: bool = super()._should_stream(
+            async_api=async_api, run_manager=run_manager, **kwargs
+        )
+        if should and async_api and self._direct(run_manager, kwargs) is not None:
+            return False  # _agenerate streams, past LangGraph
+        return should
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        direct = self._direct(run_manager, kwargs)
+        if (
+            direct is None
+            or run_manager is None
+            or not super()._should_stream(async_api=True, run_manager=run_manager, **kwargs)
+        ):
+            result: ChatResult = await super()._agenerate(messages, stop, run_manager, **kwargs)
+            return result
+        try:
+            return await self._generate_direct(messages, stop, run_manager, direct, kwargs)
+        except openai.BadRequestError as exc:
+            _handle_openai_bad_request(exc)
+            raise
+        except openai.APIError as exc:
+            _handle_openai_api_error(exc)
+            raise
+
+    async def _generate_direct(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun,
+        direct: tuple[TokenSink, StreamMessagesHandler, tuple[tuple[str, ...], dict[str, Any]]],
+        kwargs: dict[str, Any],
+    ) -> ChatResult:
+        """LangChain's streaming generation (BaseChatModel._agenerate_with_cache), with the
+        content deltas written to the sink instead of each becoming a chunk and a callback:
+        the same chunks reach LangGraph but the content-only ones, and the same final message
+        is built from content chunks that each hold a stretch of deltas."""
+        sink, handler, (ns, meta) = direct
+        message_id = "-".join((LC_ID_PREFIX, str(run_manager.run_id)))
+        meta_bytes = sink.meta_bytes(meta)
+        # LangGraph sends a message it has not streamed again when the call or node ends.
+        handler.seen.add(message_id)
+
+        def put_barrier() -> None:
+            handler.stream((ns, "messages", (sink.barrier(), meta)))
+
+        put_barrier()  # what LangGraph has queued so far goes first
+        payload = self._stream_payload(messages, stop, kwargs)
+        chunks: list[ChatGenerationChunk] = []
+        text: list[str] = []
+        barrier_due = False
+        async for item in self._stream_items(payload):
+            if isinstance(item, list):
+                for part in item:
+                    if part:
+                        if barrier_due:
+                            put_barrier()
+                            barrier_due = False
+                        await sink.model_delta(message_id, part, meta_bytes)
+                text.extend(item)
+                continue
+            if text:
+                chunks.append(_with_id(_content_chunk(text), message_id))
+                text = []
+            chunk = _with_id(item, message_id)
+            await run_manager.on_llm_new_token(chunk.message.content, chunk=chunk)  # type: ignore[arg-type]
+            chunks.append(chunk)
+            barrier_due = True
+        if text:
+            chunks.append(_with_id(_content_chunk(text), message_id))
+        last = chunks[-1].message if chunks else None
+        if isinstance(last, AIMessageChunk) and not last.chunk_position:
+            final = ChatGenerationChunk(
+                message=AIMessageChunk(
+                    content="" if isinstance(last.content, str) else [],
+                    chunk_position="last",
+                    id=message_id,
+                )
+            )
+            await run_manager.on_llm_new_token("", chunk=final)
+            chunks.append(final)
+        return generate_from_stream(iter(chunks))
 
     def _request(self, payload: dict[str, Any]) -> AsyncResponseContextManager[Any]:
         """The SDK's request (its retries with backoff on 429/5xx/connection errors, its typed
@@ -146,6 +294,14 @@ class StreamingChatOpenAI(ChatOpenAI):  # type: ignore[misc]
         )
 
     async def _stream_chunks(self, payload: dict[str, Any]) -> AsyncIterator[ChatGenerationChunk]:
+        async for item in self._stream_items(payload):
+            yield _content_chunk(item) if isinstance(item, list) else item
+
+    async def _stream_items(
+        self, payload: dict[str, Any]
+    ) -> AsyncIterator[list[str] | ChatGenerationChunk]:
+        """The response as the plain content deltas of each network read (a list of their
+        texts) and every other chunk (tool calls, finish reason, usage), in order."""
         async with self._request(payload) as raw:
             response: httpx2.Response = raw.http_response
             decoder = SSEDecoder()
@@ -165,7 +321,7 @@ class StreamingChatOpenAI(ChatOpenAI):  # type: ignore[misc]
                             text.append(plain)
                             continue
                         if text:
-                            yield _content_chunk(text)
+                            yield text
                             text = []
                         if not isinstance(chunk, dict):
                             continue
@@ -177,7 +333,7 @@ class StreamingChatOpenAI(ChatOpenAI):  # type: ignore[misc]
                         if generation is not None:
                             yield generation
                     if text:
-                        yield _content_chunk(text)
+                        yield text
             except httpx2.TimeoutException as exc:
                 raise openai.APITimeoutError(request=response.request) from exc
             except httpx2.TransportError as exc:
@@ -194,6 +350,14 @@ def _content_chunk(parts: list[str]) -> ChatGenerationChunk:
             content="".join(parts), response_metadata={"model_provider": "openai"}
         )
     )
+
+
+def _with_id(chunk: ChatGenerationChunk, message_id: str) -> ChatGenerationChunk:
+    """A chunk as LangChain passes it on: its response metadata, the call's message id."""
+    chunk.message.response_metadata = _gen_info_and_msg_metadata(chunk)
+    if chunk.message.id is None:
+        chunk.message.id = message_id
+    return chunk
 
 
 def _stream_error(error: Any, request: httpx2.Request) -> openai.APIError:
