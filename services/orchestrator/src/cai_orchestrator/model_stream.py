@@ -103,6 +103,71 @@ def _is_plain_content(chunk: dict[str, Any]) -> str | None:
     return content if isinstance(content, str) else None
 
 
+class PlainDeltas:
+    """Recognises a response's plain content deltas without parsing each in full.
+
+    A provider sends every content delta of one response as the same JSON document but for the
+    text (same id, model and field order). Once an event parsed in full is plain content, the
+    bytes around its text are the template: an event with the same bytes around one JSON string
+    is plain content with that text. Anything else (a role, a tool call, a finish reason, usage)
+    misses and is parsed in full, as is every event of a provider whose chunks differ by more
+    than the text (it stops trying after a few templates that never matched).
+    """
+
+    _GIVE_UP = 4  # templates learned that never matched
+
+    def __init__(self) -> None:
+        self._prefix: bytes | None = None
+        self._suffix = b""
+        self._hit = False
+        self._unused = 0
+
+    def text(self, event: bytes) -> str | None:
+        """The text of a plain content delta that matches the template, else None."""
+        prefix = self._prefix
+        if prefix is None or not event.startswith(prefix) or not event.endswith(self._suffix):
+            return None
+        middle = event[len(prefix) : len(event) - len(self._suffix)]
+        if not middle.startswith(b'"'):
+            return None
+        try:
+            value = orjson.loads(middle)
+        except orjson.JSONDecodeError:
+            return None
+        if type(value) is not str:
+            return None
+        self._hit = True
+        return value
+
+    def learn(self, event: bytes, text: str) -> None:
+        """`event`, parsed in full, is a plain content delta of `text`: the new template."""
+        if not self._hit and self._prefix is not None:
+            self._unused += 1
+        self._prefix, self._hit = None, False
+        key = event.find(b'"content":')
+        if self._unused >= self._GIVE_UP or key < 0 or event.find(b'"content":', key + 1) >= 0:
+            return
+        start = key + len(b'"content":')
+        end = _json_string_end(event, start)
+        if end is not None and orjson.loads(event[start:end]) == text:
+            self._prefix, self._suffix = event[:start], event[end:]
+
+
+def _json_string_end(data: bytes, start: int) -> int | None:
+    """Where the JSON string that starts at `start` ends (after its closing quote), or None."""
+    if data[start : start + 1] != b'"':
+        return None
+    i = start + 1
+    while (i := data.find(b'"', i)) >= 0:
+        j = i - 1
+        while data[j] == 0x5C:  # a backslash: an odd run of them escapes the quote
+            j -= 1
+        if (i - 1 - j) % 2 == 0:
+            return i + 1
+        i += 1
+    return None
+
+
 class StreamingChatOpenAI(ChatOpenAI):  # type: ignore[misc]
     """`ChatOpenAI` whose Chat Completions stream coalesces what arrives in one read."""
 
@@ -243,12 +308,12 @@ class StreamingChatOpenAI(ChatOpenAI):  # type: ignore[misc]
         barrier_due = False
         async for item in self._stream_items(payload):
             if isinstance(item, list):
-                for part in item:
-                    if part:
-                        if barrier_due:
-                            put_barrier()
-                            barrier_due = False
-                        await sink.model_delta(message_id, part, meta_bytes)
+                delta = "".join(item)  # what one network read brought: one delta, as before
+                if delta:
+                    if barrier_due:
+                        put_barrier()
+                        barrier_due = False
+                    await sink.model_delta(message_id, delta, meta_bytes)
                 text.extend(item)
                 continue
             if text:
@@ -305,6 +370,7 @@ class StreamingChatOpenAI(ChatOpenAI):  # type: ignore[misc]
         async with self._request(payload) as raw:
             response: httpx2.Response = raw.http_response
             decoder = SSEDecoder()
+            deltas = PlainDeltas()
             done = False
             try:
                 async for data in response.aiter_bytes():
@@ -312,6 +378,10 @@ class StreamingChatOpenAI(ChatOpenAI):  # type: ignore[misc]
                         continue  # drain the body so the connection is reused
                     text: list[str] = []
                     for event in decoder.feed(data):
+                        fast = deltas.text(event)
+                        if fast is not None:
+                            text.append(fast)
+                            continue
                         if event.startswith(b"[DONE]"):
                             done = True
                             break
@@ -319,6 +389,7 @@ class StreamingChatOpenAI(ChatOpenAI):  # type: ignore[misc]
                         plain = _is_plain_content(chunk) if isinstance(chunk, dict) else None
                         if plain is not None:
                             text.append(plain)
+                            deltas.learn(event, plain)
                             continue
                         if text:
                             yield text
