@@ -54,12 +54,14 @@ async def tailer(redis_url: str, redis: Redis) -> AsyncIterator[LogTailer]:
     await dedicated.aclose()
 
 
-async def write_two_attempts(redis: Redis, key: str) -> list[tuple[bytes, bytes]]:
+async def write_two_attempts(
+    redis: Redis, key: str, compact: bool = True
+) -> list[tuple[bytes, bytes]]:
     """A log with every kind of entry: two messages, interleaved, a message whose metadata
     changes, chunks with and without their head's metadata, and an attempt that is abandoned
     mid-message and retried. Returns the (event, data) the writer would have stored in full."""
     expected: list[tuple[bytes, bytes]] = []
-    first = EventWriter(redis, key, coalesce_s=0, safety_ttl_s=600)  # every token its own event
+    first = EventWriter(redis, key, 0, 600, compact=compact)  # every token its own event
 
     async def emit(writer: EventWriter, event: str, data: bytes) -> None:
         await writer.emit(event, data)
@@ -85,7 +87,7 @@ async def write_two_attempts(redis: Redis, key: str) -> list[tuple[bytes, bytes]
     await token(first, "lc_run--a", " a7", META_B)
     await first.abandon()  # the attempt is handed back mid-message
 
-    second = EventWriter(redis, key, coalesce_s=0, safety_ttl_s=600)
+    second = EventWriter(redis, key, 0, 600, compact=compact)
     await emit(second, "retry", b'{"attempt":2}')
     await emit(second, "metadata", b'{"attempt":2}')
     for i in range(4):
@@ -108,6 +110,16 @@ async def test_the_log_stores_a_message_once_and_rebuilds_every_event(redis: Red
     assert rebuilt == expected
     # What a token entry costs is its text.
     assert all(len(f[b"d"]) < 20 for _, f in entries if f[b"e"] == TOKEN)
+
+
+async def test_with_compact_logs_off_every_event_is_stored_in_full(redis: Redis) -> None:
+    """The first rollout: replicas that predate the format may still read these logs."""
+    key = log_key()
+    expected = await write_two_attempts(redis, key, compact=False)
+    entries = await redis.xrange(key)
+    assert [(f[b"e"], f[b"d"]) for _, f in entries] == expected
+    reader = LogReader()
+    assert [reader.decode(parse_event_id(i), f[b"e"], f[b"d"]) for i, f in entries] == expected
 
 
 async def drain(sub: Subscription) -> list[tuple[bytes, bytes, bytes]]:

@@ -163,6 +163,7 @@ class EventWriter:
         coalesce_s: float,
         safety_ttl_s: int,
         batcher: EventBatcher | None = None,
+        compact: bool = True,
     ) -> None:
         self.redis = redis
         self.batcher = batcher
@@ -179,7 +180,7 @@ class EventWriter:
         self._last_flush = 0.0
         self._expiry_set = False
         self._last_message_id: str | None = None
-        self._frames = TokenEncoder()  # messages events stored once per message (frames.py)
+        self._frames = TokenEncoder(compact)  # messages stored once per message (frames.py)
         self.tokens_written = 0
 
     def _take_tokens(self) -> None:
@@ -286,7 +287,7 @@ class EventWriter:
             self._flush_task = None
         self._tokens = None
         self._pending = []
-        self._frames = TokenEncoder()  # a head it dropped must not be taken as written
+        self._frames = TokenEncoder(self._frames.compact)  # a dropped head was not written
         if self.batcher is not None:
             self.batcher.unschedule(self)
         for waiter in self._waiters:
@@ -321,16 +322,20 @@ class EventLogs:
         safety_ttl_s: int,
         log_ttl_s: int,
         batcher: EventBatcher | None = None,
+        compact: bool = True,
     ) -> None:
         self.redis = redis
         self.coalesce_s = coalesce_s
         self.safety_ttl_s = safety_ttl_s
         self.log_ttl_s = log_ttl_s
         self.batcher = batcher
+        self.compact = compact
 
     def writer(self, log_key: str) -> EventWriter:
         """A writer for an executing run's log (batched, coalescing)."""
-        return EventWriter(self.redis, log_key, self.coalesce_s, self.safety_ttl_s, self.batcher)
+        return EventWriter(
+            self.redis, log_key, self.coalesce_s, self.safety_ttl_s, self.batcher, self.compact
+        )
 
     async def close_unstarted(self, log_key: str, event: str, data: bytes) -> None:
         """Write the terminal event of a run that never started (cancelled while parked)."""

@@ -86,10 +86,13 @@ def parse_head(data: bytes) -> tuple[bytes, Head]:
 class TokenEncoder:
     """One attempt's side of the format: whether each `messages` event can go without its head.
 
-    Used by one `EventWriter`, which calls it in the order its entries reach the log.
+    Used by one `EventWriter`, which calls it in the order its entries reach the log. With
+    `compact` off every event is stored in full (the first rollout of readers that understand
+    the format, while replicas that do not may still read the logs).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, compact: bool = True) -> None:
+        self.compact = compact
         self._message_id = b""
         self._meta: bytes | None = None  # of the last head written; None before the first
 
@@ -97,6 +100,8 @@ class TokenEncoder:
         """(event, data) of content-only deltas of an AI message."""
         text = orjson.dumps(content)
         mid = orjson.dumps(message_id)
+        if not self.compact:
+            return MESSAGES, chunk_frame(text, mid, meta)
         if mid == self._message_id and meta == self._meta:
             return TOKEN, text
         self._message_id, self._meta = mid, meta
@@ -105,7 +110,7 @@ class TokenEncoder:
     def message(self, message: bytes, meta: bytes) -> tuple[bytes, bytes]:
         """(event, data) of any other `messages` event: compact when its metadata is the
         last head's (the same model call's finish and usage chunks)."""
-        if meta == self._meta:
+        if self.compact and meta == self._meta:
             return MESSAGE, message
         return MESSAGES, message_frame(message, meta)
 
