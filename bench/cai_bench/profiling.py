@@ -96,20 +96,39 @@ def _package(key: str) -> str:
 ACTIVITIES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "orchestrator": [
         (
-            "LLM client: openai SDK stream + httpx SSE parsing",
-            ("openai/", "httpx/", "httpcore/", "h11/", "langchain_openai/"),
+            "LLM client: model stream (httpx2 reads, SSE parsing, deltas to the run's sink)",
+            (
+                "openai/",
+                "httpx/",
+                "httpcore/",
+                "httpx2/",
+                "httpcore2/",
+                "anyio/",
+                "h11/",
+                "langchain_openai/",
+                "cai_orchestrator/model_stream.py",
+                "cai_orchestrator/token_sink.py",
+            ),
         ),
         (
             "checkpointer (langgraph-checkpoint-redis, RedisJSON)",
             ("langgraph/checkpoint/", "redisvl/", "redis/commands/json/", "redis/commands/search/"),
         ),
         (
-            "event log writes (EventWriter: XADD pipelines)",
-            ("cai_orchestrator/events.py:EventWriter",),
+            "event log writes (EventWriter, EventBatcher: XADD pipelines)",
+            (
+                "cai_orchestrator/events.py:EventWriter",
+                "cai_orchestrator/events.py:EventBatcher",
+                "cai_orchestrator/frames.py:TokenEncoder",
+            ),
         ),
         (
             "log tailer (XREAD over all streams + fan-out)",
-            ("cai_orchestrator/events.py:LogTailer",),
+            (
+                "cai_orchestrator/events.py:LogTailer",
+                "cai_orchestrator/tailer.py",
+                "cai_orchestrator/frames.py:LogReader",
+            ),
         ),
         (
             "StreamRun: gRPC replies to the gateway",

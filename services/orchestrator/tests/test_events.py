@@ -15,11 +15,21 @@ from cai_common.runs import parse_event_id
 from cai_devstack.procs import free_port
 from cai_orchestrator import keys
 from cai_orchestrator.events import EventBatcher, EventWriter
+from cai_orchestrator.frames import LogReader
 from cai_orchestrator.tailer import LogTailer, Subscription, SubscriptionFailed
 
 
 def log_key(run_id: str) -> str:
     return keys.run_keys("tenant", "thread", run_id).events
+
+
+async def read_log(redis: Redis, key: str) -> list[tuple[bytes, bytes]]:
+    """(event, data) of a log's entries as clients get them (token events rebuilt)."""
+    reader = LogReader()
+    events = [
+        reader.decode(parse_event_id(i), f[b"e"], f[b"d"]) for i, f in await redis.xrange(key)
+    ]
+    return [e for e in events if e is not None]
 
 
 @pytest.fixture
@@ -72,10 +82,10 @@ async def test_writer_merges_token_bursts_and_keeps_order(redis: Redis) -> None:
         await writer.token("msg-1", f" t{i}", meta)
     await writer.emit("values", b"{}")
     await writer.close("end", b"null", ttl_s=120)
-    entries = await redis.xrange(log_key(run_id))
-    names = [f[b"e"] for _, f in entries]
+    entries = await read_log(redis, log_key(run_id))
+    names = [e for e, _ in entries]
     assert names[0] == b"metadata" and names[-2:] == [b"values", b"end"]
-    token_events = [orjson.loads(f[b"d"]) for _, f in entries if f[b"e"] == b"messages"]
+    token_events = [orjson.loads(d) for e, d in entries if e == b"messages"]
     # The first token goes out at once; the rest of the burst is merged.
     assert 2 <= len(token_events) < 50
     text = "".join(chunk["content"] for chunk, _ in token_events)
@@ -216,11 +226,11 @@ async def test_batched_writers_share_round_trips_and_keep_each_log_in_order(
     await asyncio.gather(*(produce(r) for r in runs))
     events = 0
     for run_id in runs:
-        entries = await redis.xrange(log_key(run_id))
+        entries = await read_log(redis, log_key(run_id))
         events += len(entries)
-        names = [f[b"e"] for _, f in entries]
+        names = [e for e, _ in entries]
         assert names[0] == b"metadata" and names[-2:] == [b"values", b"end"], names
-        tokens = [orjson.loads(f[b"d"]) for _, f in entries if f[b"e"] == b"messages"]
+        tokens = [orjson.loads(d) for e, d in entries if e == b"messages"]
         assert "".join(c["content"] for c, _ in tokens) == "".join(f" t{i}" for i in range(50))
         assert 0 < await redis.ttl(log_key(run_id)) <= 120
     # Many runs' events went out together: far fewer round trips than events.
@@ -256,8 +266,8 @@ async def test_an_abandoned_attempt_writes_nothing_more(
     await writer.flush()  # (would write " dropped" had it not been dropped)
     assert writer not in batcher._due
     contents = [
-        orjson.loads(f[b"d"])[0]["content"]
-        for _, f in await redis.xrange(log_key(run_id))
-        if f[b"e"] == b"messages"
+        orjson.loads(d)[0]["content"]
+        for e, d in await read_log(redis, log_key(run_id))
+        if e == b"messages"
     ]
     assert contents == ["written"]

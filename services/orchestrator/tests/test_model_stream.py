@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,7 +17,12 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
 from cai_devstack.procs import Proc, free_port, http_ready, python_module
-from cai_orchestrator.model_stream import SSEDecoder, StreamingChatOpenAI
+from cai_orchestrator.model_stream import (
+    PlainDeltas,
+    SSEDecoder,
+    StreamingChatOpenAI,
+    _is_plain_content,
+)
 
 REPLY = 60
 
@@ -84,6 +90,70 @@ def test_decoder_holds_an_incomplete_event() -> None:
     assert decoder.feed(b'data: {"a"') == []
     assert decoder.feed(b":1}\n") == []
     assert decoder.feed(b"\n") == [b'{"a":1}']
+
+
+# -- plain content deltas recognised by their template ----------------------------------------
+
+
+def chunk_event(delta: dict[str, object], finish: str | None = None, **extra: object) -> bytes:
+    """A Chat Completions chunk as OpenAI (and llm-sim) send it."""
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1764450000,
+            "model": "cai-sim",
+            "system_fingerprint": "fp",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            **extra,
+        }
+    )
+
+
+OTHER_EVENTS = [
+    chunk_event({"role": "assistant", "content": ""}),
+    chunk_event({}, "stop"),
+    chunk_event({"content": "x"}, "length"),
+    chunk_event({"content": None}),
+    chunk_event({"content": "x", "refusal": "no"}),
+    chunk_event({"tool_calls": [{"index": 0, "function": {"arguments": '{"content":"x"}'}}]}),
+    chunk_event({"content": "x"}, usage={"prompt_tokens": 1}),
+    orjson.dumps({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}),
+]
+
+
+def full_parse(event: bytes) -> str | None:
+    chunk = orjson.loads(event)
+    return _is_plain_content(chunk) if isinstance(chunk, dict) else None
+
+
+@given(st.lists(st.text(), min_size=1, max_size=8))
+def test_a_delta_recognised_by_its_template_is_what_a_full_parse_reads(texts: list[str]) -> None:
+    deltas = PlainDeltas()
+    events = [chunk_event({"role": "assistant", "content": ""})]
+    events += [chunk_event({"content": t}) for t in texts] + OTHER_EVENTS
+    for event in events:
+        fast = deltas.text(event)
+        want = full_parse(event)
+        if fast is None:
+            if want is not None:
+                deltas.learn(event, want)
+            continue
+        assert fast == want
+    # After the first content event, every later one is recognised without a full parse.
+    deltas = PlainDeltas()
+    deltas.learn(events[1], texts[0])
+    assert [deltas.text(e) for e in events[1 : 1 + len(texts)]] == texts
+    assert [deltas.text(e) for e in OTHER_EVENTS] == [None] * len(OTHER_EVENTS)
+
+
+def test_a_provider_whose_chunks_differ_by_more_than_the_text_is_parsed_in_full() -> None:
+    deltas = PlainDeltas()
+    for i in range(10):  # per-chunk padding, as some providers add
+        event = chunk_event({"content": "x"}, obfuscation="p" * i)
+        assert deltas.text(event) is None
+        deltas.learn(event, "x")
+    assert deltas._prefix is None  # it gave up learning
 
 
 # -- against llm-sim -------------------------------------------------------------------------

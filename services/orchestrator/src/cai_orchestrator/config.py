@@ -75,6 +75,10 @@ class Settings(GrpcServerSettings):
     # Token deltas that follow within this window are coalesced into one event (the first token
     # of a message, and any after a pause, go out at once). 25 ms: 40 updates a second at most.
     coalesce_ms: float = 25.0
+    # A message's token events store what they repeat (its id, LangGraph's metadata) once
+    # (frames.py). Every replica reads both forms; turn this off while replicas of a version
+    # before that still run (the first rollout), so none of them meets a log it cannot read.
+    compact_event_logs: bool = True
     # Event logs and run records live this long after a run ends (never longer than the thread).
     event_log_ttl_seconds: int = 3600
     run_record_ttl_seconds: int = 7 * 24 * 3600

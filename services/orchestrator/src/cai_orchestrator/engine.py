@@ -74,6 +74,7 @@ class Engine:
             int(s.run_timeout_seconds * s.max_attempts) + s.event_log_ttl_seconds,
             s.within_thread_ttl(s.event_log_ttl_seconds),
             batcher,
+            compact=s.compact_event_logs,
         )
         tailer = LogTailer(tail_redis, redis, s.replica_id, block_ms=TAIL_BLOCK_MS)
         state = ThreadState(graph)

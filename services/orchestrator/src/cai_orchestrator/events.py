@@ -1,7 +1,8 @@
 """Run event logs: the worker's coalescing writer and the replica's multiplexed log tailer.
 
 Each run has an event log, a Redis Stream whose entry ids are the event ids clients resume from.
-Events carry their final JSON payload, built once here; nothing downstream re-parses it.
+Events carry their final JSON payload, built once here; nothing downstream re-parses it. What
+every token event of a message repeats is stored once per message (frames.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError
 
 from cai_orchestrator import lua
+
+from cai_orchestrator.frames import TokenEncoder
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +196,7 @@ class EventWriter:
         coalesce_s: float,
         safety_ttl_s: int,
         batcher: EventBatcher | None = None,
+        compact: bool = True,
         *,
         expiry_set: bool = False,
     ) -> None:
@@ -211,6 +215,7 @@ class EventWriter:
         self._last_flush = 0.0
         self._expiry_set = expiry_set  # the log's safety expiry is set (by whoever wrote first)
         self._last_message_id: str | None = None
+        self._frames = TokenEncoder(compact)  # messages stored once per message (frames.py)
         self.tokens_written = 0
         # Names this writer's batches in the log (lua.APPEND_EVENTS): an attempt's writer is new.
         self._writer_id = uuid.uuid4().hex
@@ -221,17 +226,7 @@ class EventWriter:
         if run is None:
             return
         self._tokens = None
-        text = "".join(run.parts)
-        chunk = (
-            b'[{"content":'
-            + orjson.dumps(text)
-            + b',"additional_kwargs":{},"response_metadata":{},"type":"AIMessageChunk",'
-            b'"name":null,"id":'
-            + orjson.dumps(run.message_id)
-            + b',"tool_calls":[],"invalid_tool_calls":[],"usage_metadata":null,'
-            b'"tool_call_chunks":[]},' + run.meta + b"]"
-        )
-        self._pending.append((b"messages", chunk))
+        self._pending.append(self._frames.tokens("".join(run.parts), run.message_id, run.meta))
 
     async def token(self, message_id: str, text: str, meta: bytes) -> None:
         """Queue a content-only delta of an AI message (the hot path)."""
@@ -264,6 +259,13 @@ class EventWriter:
         """Append an event (already serialised) after everything queued before it."""
         self._take_tokens()
         self._pending.append((event.encode(), data))
+        await self.flush()
+
+    async def message(self, message: bytes, meta: bytes) -> None:
+        """Append a `messages` event other than content-only deltas: `[message, meta]`, both
+        already serialised (stored without `meta` when its head has it)."""
+        self._take_tokens()
+        self._pending.append(self._frames.message(message, meta))
         await self.flush()
 
     def _take_pending(self) -> tuple[list[tuple[bytes, bytes]], list[asyncio.Future[None]]]:
@@ -324,6 +326,7 @@ class EventWriter:
             self._flush_task = None
         self._tokens = None
         self._pending = []
+        self._frames = TokenEncoder(self._frames.compact)  # a dropped head was not written
         if self.batcher is not None:
             self.batcher.unschedule(self)
         for waiter in self._waiters:
@@ -358,12 +361,14 @@ class EventLogs:
         safety_ttl_s: int,
         log_ttl_s: int,
         batcher: EventBatcher | None = None,
+        compact: bool = True,
     ) -> None:
         self.redis = redis
         self.coalesce_s = coalesce_s
         self.safety_ttl_s = safety_ttl_s
         self.log_ttl_s = log_ttl_s
         self.batcher = batcher
+        self.compact = compact
 
     def writer(self, log_key: str, *, expiry_set: bool = False) -> EventWriter:
         """A writer for an executing run's log (batched, coalescing); `expiry_set`: the log's
@@ -374,6 +379,7 @@ class EventLogs:
             self.coalesce_s,
             self.safety_ttl_s,
             self.batcher,
+            self.compact,
             expiry_set=expiry_set,
         )
 

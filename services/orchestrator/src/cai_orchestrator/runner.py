@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from langgraph.types import Command
 from cai_orchestrator import metrics
 from cai_orchestrator.events import EventWriter, dumps
 from cai_orchestrator.store import RunRecord
+from cai_orchestrator.token_sink import TOKEN_SINK, Barrier, TokenSink
 
 # LangGraph Server stream modes → graph stream modes. "messages-tuple" is the graph's "messages".
 SUPPORTED_STREAM_MODES = {
@@ -97,8 +97,6 @@ async def execute(
     )
     if not modes:
         modes = ["values"]
-    last_meta: Any = None
-    last_meta_bytes = b"{}"
     config = run_config(run, run_settings)
     if resume:
         replayed = await _replay_finished_answer(graph, run, writer, modes)
@@ -110,64 +108,67 @@ async def execute(
     wants_values = "values" in modes
     if not wants_values:
         modes.append("values")  # how the run ended: the state and any interrupt
-    stream = graph.astream(
-        graph_input(run, resume),
-        config,
-        stream_mode=modes,  # type: ignore[arg-type]  # validated against SUPPORTED_STREAM_MODES
-        durability=run_settings.get("durability"),
-    )
     values: Any = None
     interrupted = False
-    generating_since: float | None = None  # the model was called; its first token is due
-    last_token_at: float | None = None
-    part: Any
-    async for part in stream:
-        mode, chunk = part  # with a list of modes, every part is (mode, chunk)
-        if mode == "messages":
-            message, metadata = chunk
-            if generating_since is not None:
-                metrics.TTFT.labels("model").observe(time.monotonic() - generating_since)
-                generating_since = None
-            usage = getattr(message, "usage_metadata", None)
-            if usage:
-                metrics.TOKENS.labels("in").inc(usage.get("input_tokens", 0))
-                metrics.TOKENS.labels("out").inc(usage.get("output_tokens", 0))
-            if metadata is not last_meta:
-                last_meta, last_meta_bytes = metadata, dumps(metadata)
-            if (
-                type(message) is AIMessageChunk
-                and isinstance(message.content, str)
-                and not message.tool_call_chunks
-                # langchain-openai tags every chunk with the provider; that alone is no metadata
-                and message.response_metadata.keys() <= {"model_provider"}
-                and not message.usage_metadata
-            ):
-                if message.content:
-                    now = time.monotonic()
-                    if last_token_at is not None:
-                        metrics.INTER_TOKEN.observe(now - last_token_at)
-                    last_token_at = now
-                    await writer.token(message.id or "", message.content, last_meta_bytes)
-                continue
-            await writer.emit("messages", b"[" + dumps(message) + b"," + last_meta_bytes + b"]")
-        elif mode == "custom":
-            if isinstance(chunk, dict) and chunk.get("status") == "generating":
-                generating_since = time.monotonic()
-            if isinstance(chunk, dict) and "cai_event" in chunk:
-                event = {k: v for k, v in chunk.items() if k != "cai_event"}
-                await writer.emit(str(chunk["cai_event"]), dumps(event))
-            elif wants_custom:
-                await writer.emit("custom", dumps(chunk))
-        elif mode == "values":
-            values = chunk
-            if isinstance(chunk, dict) and _INTERRUPT in chunk:
-                interrupted = True
-                values = {k: v for k, v in chunk.items() if k != _INTERRUPT}
-            if wants_values:
+    sink = TokenSink(writer)
+    token = TOKEN_SINK.set(sink)  # the model client writes content deltas through it
+    try:
+        stream = graph.astream(
+            graph_input(run, resume),
+            config,
+            stream_mode=modes,  # type: ignore[arg-type]  # validated against SUPPORTED_STREAM_MODES
+            durability=run_settings.get("durability"),
+        )
+        part: Any
+        async for part in stream:
+            mode, chunk = part  # with a list of modes, every part is (mode, chunk)
+            if mode == "messages":
+                await _message(sink, writer, *chunk)
+            elif mode == "custom":
+                if isinstance(chunk, dict) and chunk.get("status") == "generating":
+                    sink.generating()
+                if isinstance(chunk, dict) and "cai_event" in chunk:
+                    event = {k: v for k, v in chunk.items() if k != "cai_event"}
+                    await writer.emit(str(chunk["cai_event"]), dumps(event))
+                elif wants_custom:
+                    await writer.emit("custom", dumps(chunk))
+            elif mode == "values":
+                values = chunk
+                if isinstance(chunk, dict) and _INTERRUPT in chunk:
+                    interrupted = True
+                    values = {k: v for k, v in chunk.items() if k != _INTERRUPT}
+                if wants_values:
+                    await writer.emit(mode, dumps(chunk))
+            else:
                 await writer.emit(mode, dumps(chunk))
-        else:
-            await writer.emit(mode, dumps(chunk))
+    finally:
+        TOKEN_SINK.reset(token)
     return Outcome(interrupted, values)
+
+
+async def _message(sink: TokenSink, writer: EventWriter, message: Any, metadata: Any) -> None:
+    """One part of LangGraph's messages stream: a message or chunk with its metadata."""
+    if type(message) is Barrier:
+        await sink.passed(message)
+        return
+    sink.replied()
+    usage = getattr(message, "usage_metadata", None)
+    if usage:
+        metrics.TOKENS.labels("in").inc(usage.get("input_tokens", 0))
+        metrics.TOKENS.labels("out").inc(usage.get("output_tokens", 0))
+    meta = sink.meta_bytes(metadata)
+    if (
+        type(message) is AIMessageChunk
+        and isinstance(message.content, str)
+        and not message.tool_call_chunks
+        # langchain-openai tags every chunk with the provider; that alone is no metadata
+        and message.response_metadata.keys() <= {"model_provider"}
+        and not message.usage_metadata
+    ):
+        if message.content:
+            await sink.stream_delta(message.id or "", message.content, meta)
+        return
+    await writer.message(dumps(message), meta)
 
 
 async def _replay_finished_answer(

@@ -13,10 +13,12 @@ from redis.exceptions import RedisError, ResponseError
 from cai_common.runs import EVENT_ID_PART_MAX, parse_event_id
 from cai_orchestrator import keys
 from cai_orchestrator.events import DATA_FIELD, EVENT_FIELD
+from cai_orchestrator.frames import ATTEMPT_STARTS, HEAD, Head, LogReader, parse_head
 
 log = logging.getLogger(__name__)
 
 Entry = tuple[bytes, bytes, bytes]  # (event id, event name, data)
+HEAD_SCAN = 100  # entries read per step of the search for a resumed read's head
 
 
 class SubscriptionFailed(Exception):
@@ -55,6 +57,10 @@ class LogTailer:
     Positions are checked on `subscribe`; if Redis still refuses the shared read, each log is read
     alone and the subscriptions of the logs it refuses fail (`SubscriptionFailed`), while the
     others go on. `healthy` is set while reads succeed (the replica's health reports it).
+
+    A log stores what a message's token events repeat once, in the message's head entry
+    (frames.py); each log's `LogReader` rebuilds the events from the heads it has read, and a
+    subscription that starts mid-log first looks up the head its first entries need.
     """
 
     def __init__(self, redis: Redis, poke: Redis, replica_id: str, block_ms: int = 5000) -> None:
@@ -64,6 +70,7 @@ class LogTailer:
         self.block_ms = block_ms
         self._subs: dict[bytes, set[Subscription]] = {}
         self._cursor: dict[bytes, tuple[int, int]] = {}
+        self._readers: dict[bytes, LogReader] = {}
         self._wake_cursor = b"$"
         self._task: asyncio.Task[None] | None = None
         self.healthy = asyncio.Event()
@@ -90,13 +97,38 @@ class LogTailer:
         if not all(0 <= part <= EVENT_ID_PART_MAX for part in after):
             raise ValueError(f"not an event id: {after[0]}-{after[1]}")
         key = log_key.encode()
+        head = await self._head_at(key, after) if after > (0, 0) else None
         sub = Subscription(key, after)
         self._subs.setdefault(key, set()).add(sub)
+        reader = self._readers.setdefault(key, LogReader())
+        if head is not None:
+            reader.add_head(*head)
         cursor = self._cursor.get(key)
         if cursor is None or after < cursor:
             self._cursor[key] = after
         await self.poke.xadd(self.wake_key, {b"w": b"1"}, maxlen=100, approximate=True)
         return sub
+
+    async def _head_at(
+        self, key: bytes, at: tuple[int, int]
+    ) -> tuple[tuple[int, int], Head] | None:
+        """The head entry a read that starts after `at` needs: the last one at or before it in
+        its attempt (found reading backwards, 100 entries at a time)."""
+        end = f"{at[0]}-{at[1]}".encode()
+        while True:
+            try:
+                entries = await self.poke.xrevrange(key, max=end, min=b"-", count=HEAD_SCAN)
+            except ResponseError:
+                return None  # not a stream: the shared read fails this subscription
+            for eid, f in entries:
+                event = f.get(EVENT_FIELD, b"")
+                if event == HEAD:
+                    return parse_event_id(eid), parse_head(f.get(DATA_FIELD, b""))[1]
+                if event in ATTEMPT_STARTS:
+                    return None  # the entries after `at` have their heads after it
+            if len(entries) < HEAD_SCAN:
+                return None
+            end = b"(" + entries[-1][0]
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop watching."""
@@ -107,6 +139,7 @@ class LogTailer:
         if not subs:
             del self._subs[sub.key]
             self._cursor.pop(sub.key, None)
+            self._readers.pop(sub.key, None)
 
     async def _loop(self) -> None:
         backoff = 0.1
@@ -166,19 +199,23 @@ class LogTailer:
             for sub in self._subs.pop(key, ()):
                 sub.queue.put_nowait(failure)
             self._cursor.pop(key, None)
+            self._readers.pop(key, None)
         return True
 
     def _dispatch(
         self, key: bytes, entries: list[tuple[bytes, dict[bytes, bytes]]], sent: tuple[int, int]
     ) -> None:
-        parsed = [
-            (parse_event_id(eid), eid, f.get(EVENT_FIELD, b""), f.get(DATA_FIELD, b"null"))
-            for eid, f in entries
-        ]
+        reader = self._readers.get(key) or LogReader()
+        parsed = []
+        for eid, f in entries:
+            pid = parse_event_id(eid)
+            event = reader.decode(pid, f.get(EVENT_FIELD, b""), f.get(DATA_FIELD, b"null"))
+            if event is not None:
+                parsed.append((pid, eid, *event))
         # A subscription that arrived during the read with an older position lowered the cursor;
         # leave it lowered so the next read covers that gap.
         if self._cursor.get(key) == sent:
-            self._cursor[key] = parsed[-1][0]
+            self._cursor[key] = parse_event_id(entries[-1][0])
         for sub in self._subs.get(key, ()):
             if sub.last_id < sent:
                 continue  # this read started after its position; the next one covers it
