@@ -15,8 +15,10 @@ import pytest
 from redis.asyncio import Redis
 
 from cai_common.redis_client import resilient_redis
+from cai_common.runs import parse_event_id
 from cai_orchestrator import keys
 from cai_orchestrator.events import EventBatcher, EventWriter
+from cai_orchestrator.frames import LogReader
 
 
 class LosesOneReply:
@@ -88,7 +90,14 @@ async def lossy(redis_url: str) -> AsyncIterator[tuple[LosesOneReply, Redis, Red
 
 
 async def events_in(redis: Redis, key: str) -> list[bytes]:
-    return [fields[b"e"] for _, fields in await redis.xrange(key)]
+    """The events of a log as clients see them (compact token entries rebuilt)."""
+    reader = LogReader()
+    seen = []
+    for entry_id, fields in await redis.xrange(key):
+        decoded = reader.decode(parse_event_id(entry_id), fields[b"e"], fields[b"d"])
+        assert decoded is not None
+        seen.append(decoded[0])
+    return seen
 
 
 async def test_a_batch_resent_after_its_reply_was_lost_is_written_once(

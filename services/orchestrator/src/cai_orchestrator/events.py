@@ -22,7 +22,6 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError
 
 from cai_orchestrator import lua
-
 from cai_orchestrator.frames import TokenEncoder
 
 log = logging.getLogger(__name__)
