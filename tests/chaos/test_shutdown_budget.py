@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -167,7 +168,10 @@ async def test_relays_ended_by_a_drain_are_resumed_and_waits_go_on(budget: Stack
             opened.set()
             waits.append(await task)
 
-    # The gateway balances StreamRun calls over both replicas: several put relays on each.
+    # The gateway balances calls over both replicas, once its channel to each is up again (the
+    # victim was restarted by the test before): wait until the victim answers the gateway's
+    # calls, then several StreamRun relays land on each replica.
+    await _until_the_gateway_reaches(budget, base)
     opened = [asyncio.Event() for _ in range(6)]
     readers = [asyncio.create_task(stream(o)) for o in opened[:3]]
     readers += [asyncio.create_task(wait(o)) for o in opened[3:]]
@@ -190,6 +194,30 @@ async def test_relays_ended_by_a_drain_are_resumed_and_waits_go_on(budget: Stack
         assert reply.status_code == 200, reply.text
         assert reply.json()["messages"][-1]["type"] == "ai"
     restart(budget, victim)
+
+
+def _victim_calls(stack: Stack) -> float:
+    """GetThread calls the first orchestrator (the victim) has answered, from its metrics."""
+    url = f"http://127.0.0.1:{stack.config.orchestrator_metrics_port}/metrics"
+    text = httpx.get(url, timeout=5).text
+    prefix = 'cai_grpc_requests_total{code="NOT_FOUND",method="GetThread"}'
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+async def _until_the_gateway_reaches(stack: Stack, base: str, timeout: float = 30.0) -> None:
+    """Send GetThread calls (for a thread nobody has) through the gateway until one lands on the
+    victim: its subchannel in the gateway's balancer is ready again."""
+    before = await asyncio.to_thread(_victim_calls, stack)
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        while asyncio.get_running_loop().time() < deadline:
+            await http.get(f"/threads/{uuid.uuid4()}")
+            if await asyncio.to_thread(_victim_calls, stack) > before:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError("the gateway never reached the restarted orchestrator")
 
 
 def _records(stack: Stack, name: str, message: str) -> list[dict[str, object]]:
