@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from cai_bench.loadgen import StreamResult, cai_stream, make_client
-from cai_bench.options import Options
+from cai_bench.options import Options, shown_path
 from cai_bench.phases import Phase, run_phase, summarize
 from cai_bench.procmon import ProcMonitor
 from cai_bench.scenarios import plan
@@ -163,7 +163,8 @@ class Bench:
                 "scenario": "meta",
                 "machine": machine_info(),
                 "options": {
-                    k: str(v) if isinstance(v, Path) else v for k, v in vars(self.opts).items()
+                    k: shown_path(v) if isinstance(v, Path) else v
+                    for k, v in vars(self.opts).items()
                 },
             }
         )

@@ -70,3 +70,13 @@ def runs_for(concurrency: int, delay_ms: float, scale: float) -> int:
     else:
         base = concurrency
     return max(concurrency, int(base * scale))
+
+
+def shown_path(path: Path) -> str:
+    """A path as results record it: relative to the repository (results are committed, and
+    must not carry a machine's paths), or only its name when it lies outside."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return path.name

@@ -38,7 +38,7 @@ def test_earlier_rules_still_win(tmp_path: Path) -> None:
     execute = "RunService.execute (cai_orchestrator/runs.py);execute (cai_orchestrator/runner.py)"
     counts = activities(tmp_path, {writes: 3, stream_run: 2, execute: 1})
     assert counts == {
-        "event log writes (EventWriter: XADD pipelines)": 3,
+        "event log writes (EventWriter, EventBatcher: XADD pipelines)": 3,
         "StreamRun: gRPC replies to the gateway": 2,
         "per-token event building (runner.execute)": 1,
     }

@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from cai_bench import profiling
+from cai_bench.options import shown_path
 
 if TYPE_CHECKING:
     from cai_bench.harness import Bench
@@ -75,7 +76,7 @@ def _analyse(
         kept = profiling.compress(rec.output)
         per_proc[rec.name] = {
             "cpu_us_per_token": us,
-            "collapsed_stacks": str(kept),
+            "collapsed_stacks": shown_path(kept),
             **analysis,
         }
     return per_proc
