@@ -114,11 +114,20 @@ class StackControl:
             assistants = run_dir / "bench-assistants.yaml"
             assistants.write_text(self.assistants_yaml)
             limit = self.max_concurrent_runs
+            # Trees from before the process settings (BENCH_TREE) run one process each, which
+            # is StackConfig's default: name the counts only when they ask for more.
+            processes = {
+                name: count
+                for name, count in (
+                    ("orchestrator_processes", self.orchestrator_processes),
+                    ("gateway_workers", self.gateway_workers),
+                )
+                if count != 1
+            }
             config = StackConfig.ephemeral(
                 run_dir,
                 with_retriever=False,
-                orchestrator_processes=self.orchestrator_processes,
-                gateway_workers=self.gateway_workers,
+                **processes,
                 llm_sim_args=llm_cli(*self.llm_args),
                 service_env={
                     **SERVICE_ENV,
